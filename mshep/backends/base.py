@@ -1,0 +1,90 @@
+"""Pure. The one backend protocol: a batch of requests in, one result per request out.
+
+A backend is a context manager that loads what it needs on enter (a client, an engine) and frees it
+on exit. `generate` takes the whole batch of a shard (or of a labelling round) at once so that the
+server or engine sees it all; it never raises for a failed request: that request's result carries
+the error and its completions come back with `finish_reason="error"`, so callers can count it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, Literal, Protocol, Self, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mshep.records import Usage
+
+FinishReason = Literal["stop", "length", "error"]
+
+
+class GenerationRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    messages: list[dict[str, str]]
+    n: int = Field(default=1, ge=1)
+    max_tokens: int = Field(default=2048, ge=1)
+    temperature: float = 0.7
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list[str] | None = None
+    response_format: dict[str, Any] | None = None
+    model: str | None = None
+    tag: str = Field(default="", description="The caller's id for the request (logs, tests).")
+
+
+class Completion(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str | None = None
+    finish_reason: FinishReason = "stop"
+    completion_tokens: int | None = Field(
+        default=None, description="Tokens of this completion alone, when the backend knows."
+    )
+
+
+class GenerationResult(BaseModel):
+    """The n completions of one request; on failure, n completions with finish_reason 'error'."""
+
+    model_config = ConfigDict(extra="forbid")
+    completions: list[Completion]
+    usage: Usage = Field(default_factory=Usage)
+    model: str = ""
+    error: str | None = None
+
+    @classmethod
+    def failed(cls, request: GenerationRequest, error: str, model: str = "") -> GenerationResult:
+        completions = [Completion(finish_reason="error") for _ in range(request.n)]
+        return cls(completions=completions, error=error, model=model, usage=Usage(requests=1))
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]: ...
+
+
+class BackendBase:
+    """Context-manager plumbing for backends that hold nothing."""
+
+    name = "backend"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None

@@ -1,0 +1,62 @@
+"""Pure. A scripted backend for unit tests: a queue of replies and a history of what was asked.
+
+Replies are taken one per completion (a request with n=4 takes four), in order; a callable
+`responder` may answer instead, from the request itself. Nothing here is a model: the product
+never uses it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+
+from mshep.backends.base import BackendBase, Completion, GenerationRequest, GenerationResult
+from mshep.records import Usage
+
+Reply = str | Completion | Exception
+Responder = Callable[[GenerationRequest], Sequence[Reply]]
+
+
+def _as_completion(reply: str | Completion) -> Completion:
+    if isinstance(reply, Completion):
+        return reply
+    return Completion(text=reply, completion_tokens=len(reply.split()))
+
+
+class FakeBackend(BackendBase):
+    name = "fake"
+
+    def __init__(
+        self, replies: Iterable[Reply] = (), responder: Responder | None = None, model: str = "fake"
+    ) -> None:
+        self.queue: deque[Reply] = deque(replies)
+        self.responder = responder
+        self.model = model
+        self.calls: list[list[GenerationRequest]] = []
+
+    @property
+    def requests(self) -> list[GenerationRequest]:
+        return [request for call in self.calls for request in call]
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        self.calls.append(list(requests))
+        return [self._answer(request) for request in requests]
+
+    def _answer(self, request: GenerationRequest) -> GenerationResult:
+        if self.responder is not None:
+            replies = list(self.responder(request))
+        else:
+            replies = [self.queue.popleft() for _ in range(min(request.n, len(self.queue)))]
+        errors = [reply for reply in replies if isinstance(reply, Exception)]
+        if errors:
+            return GenerationResult.failed(request, str(errors[0]), model=self.model)
+        completions = [
+            _as_completion(reply) for reply in replies if not isinstance(reply, Exception)
+        ]
+        prompt_tokens = sum(len(m["content"].split()) for m in request.messages)
+        usage = Usage(
+            requests=1,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=sum(c.completion_tokens or 0 for c in completions),
+        )
+        return GenerationResult(completions=completions, usage=usage, model=self.model)
