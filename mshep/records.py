@@ -55,6 +55,13 @@ class Solution(Record):
     usage: Usage = Field(default_factory=Usage)
 
 
+class KeyedSolution(Record):
+    """A solution with the id of its problem, as stored in shard files."""
+
+    problem_id: str
+    solution: Solution
+
+
 class Failure(Record):
     """Why something produced no usable result; counted in the run summary, never dropped."""
 

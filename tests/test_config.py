@@ -24,8 +24,10 @@ def test_stage_backend_overrides_the_run_backend():
     config = RunConfig.model_validate(
         {"golden": {"source": "model", "backend": {"base_url": "http://strong:8000/v1"}}}
     )
-    assert config.backend_for(config.golden).base_url == "http://strong:8000/v1"
-    assert config.backend_for(config.generator).base_url is None
+    golden, generator = config.backend_for(config.golden), config.backend_for(config.generator)
+    assert isinstance(golden, HttpBackendConfig) and isinstance(generator, HttpBackendConfig)
+    assert golden.base_url == "http://strong:8000/v1"
+    assert generator.base_url is None
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,59 @@
+"""Network and storage: checks run before a flow starts, so that a bad endpoint, a missing token or
+a misnamed column is one clear message instead of a failed run."""
+
+from __future__ import annotations
+
+from mshep.backends import make_backend
+from mshep.config import ModelStage, RunConfig
+from mshep.errors import DatasetError
+from mshep.io import load_problems
+from mshep.summary import count_reasons
+
+
+def used_stages(config: RunConfig) -> dict[str, ModelStage]:
+    stages: dict[str, ModelStage] = {"generator": config.generator, "completer": config.completer}
+    if config.golden.source == "model":
+        stages = {"golden": config.golden, **stages}
+    return stages
+
+
+def check_backends(config: RunConfig) -> list[str]:
+    seen: set[str] = set()
+    lines = []
+    for name, stage in used_stages(config).items():
+        backend_config = config.backend_for(stage)
+        where = getattr(backend_config, "base_url", None) or "Hugging Face Inference"
+        lines.append(f"{name}: {stage.model} via {backend_config.kind} ({where})")
+        key = backend_config.model_dump_json()
+        if key in seen:
+            continue
+        seen.add(key)
+        with make_backend(backend_config, stage.model) as backend:
+            check = getattr(backend, "check", None)
+            if check is not None:
+                check()
+    return lines
+
+
+def check_dataset(config: RunConfig) -> str:
+    loaded = load_problems(config.dataset, need_reference=config.golden.source == "reference")
+    rejected = count_reasons(loaded.rejected)
+    if not loaded.problems:
+        why = "; ".join(f"{n} × {reason}" for reason, n in rejected.items())
+        first = loaded.rejected[0].detail if loaded.rejected else ""
+        raise DatasetError(f"no usable row in {config.dataset.source!r}: {why} (first: {first})")
+    line = f"dataset {config.dataset.source}: {loaded.rows_in} rows, {len(loaded.problems)} usable"
+    if rejected:
+        line += " (not used: " + "; ".join(f"{n} × {r}" for r, n in rejected.items()) + ")"
+    return line
+
+
+def preflight(config: RunConfig) -> str:
+    """A short report of what will run; raises a `MshepError` naming the first problem found."""
+    lines = check_backends(config)
+    lines.append(check_dataset(config))
+    lines.append(
+        f"M={config.generator.M}, N={config.completer.N}, strategy={config.completer.strategy}, "
+        f"golden from {config.golden.source}, output {config.output.path}"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,26 @@
+"""Pure. Errors a user can act on: each message names the problem (field, column, row, value, URL)
+and is shown without a traceback by the CLI."""
+
+
+class MshepError(Exception):
+    """Base of the errors that are the user's to fix, not a bug."""
+
+
+class ConfigError(MshepError):
+    pass
+
+
+class DatasetError(MshepError):
+    pass
+
+
+class BackendUnavailable(MshepError):
+    """The model endpoint cannot be reached or refuses every request."""
+
+
+class MissingToken(MshepError):
+    pass
+
+
+class MissingDependency(MshepError):
+    """An optional extra is needed: the message says which to install."""

@@ -1,0 +1,106 @@
+"""End to end: the Prefect flow under the real test harness, real HTTP to the simulated model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mshep.config import RunConfig
+from mshep.testing.simulator import SimulatedMathModel, SimulatorConfig
+
+pytestmark = pytest.mark.slow
+
+QUESTIONS = 50
+
+
+def run(sim: SimulatedMathModel, data: Path, output: Path) -> dict[str, Any]:
+    from flows.prm import run_flow
+
+    config = RunConfig.model_validate(
+        {
+            "dataset": {"source": str(data), "limit": QUESTIONS},
+            "generator": {"M": 4, "model": "sim"},
+            "completer": {"N": 4, "model": "sim"},
+            "backend": {"base_url": sim.base_url, "concurrency": 64, "timeout_s": 10},
+            "output": {"path": str(output)},
+            "execution": {"shard_size": 20},
+        }
+    )
+    return run_flow(config)
+
+
+def step_accuracy(sim: SimulatedMathModel, raw_rows: list[dict[str, Any]]) -> float:
+    """Share of steps labelled as the simulator's truth says (good until its first wrong step)."""
+    right = total = 0
+    for row in raw_rows:
+        first_wrong = sim.first_wrong_step(row["question"], row["steps"])
+        for k, label in enumerate(row["hard_labels"], start=1):
+            truth = "good" if first_wrong is None or k < first_wrong else "bad"
+            right += label == truth
+            total += 1
+    return right / total
+
+
+def load(output: Path, name: str) -> Any:
+    import datasets
+
+    return datasets.load_dataset("parquet", data_files=str(output / name / "data.parquet"))["train"]
+
+
+@pytest.fixture(scope="module")
+def clean_run(prefect_harness: None, gsm8k_test: Path, tmp_path_factory: pytest.TempPathFactory):
+    output = tmp_path_factory.mktemp("clean")
+    with SimulatedMathModel(SimulatorConfig(), gsm8k_test) as sim:
+        summary = run(sim, gsm8k_test, output)
+        raw = load(output, "raw").to_list()
+        return summary, output, step_accuracy(sim, raw), raw
+
+
+def test_every_row_is_accounted_for(clean_run):
+    summary, _, _, _ = clean_run
+    assert summary["rows_in"] == QUESTIONS
+    assert summary["rows_labelled"] + sum(summary["rows_not_labelled"].values()) == QUESTIONS
+    assert summary["rows_labelled"] == QUESTIONS
+    assert summary["solutions_generated"] == QUESTIONS * 4
+    assert summary["solutions_labelled"] == QUESTIONS * 4
+
+
+def test_labels_match_the_simulator_truth(clean_run):
+    _, _, accuracy, _ = clean_run
+    print(f"step-label accuracy (clean): {accuracy:.4f}")
+    assert accuracy >= 0.9
+
+
+def test_outputs_load_with_datasets_and_have_the_documented_columns(clean_run):
+    summary, output, _, raw = clean_run
+    shepherd, trl = load(output, "math_shepherd"), load(output, "trl")
+    assert shepherd.column_names == ["input", "label"]
+    assert trl.column_names == ["prompt", "completions", "labels"]
+    assert "soft_labels" in raw[0] and "first_bad_step" in raw[0]
+    assert len(raw) == QUESTIONS * 4
+    assert (
+        len(trl)
+        == summary["rows_out"]["trl"]
+        == len(raw) - sum(summary["rows_dropped"]["trl"].values())
+    )
+    assert " ки" in shepherd[0]["input"]
+    jsonl = (output / "trl" / "data.jsonl").read_text().splitlines()
+    assert len(jsonl) == len(trl) and json.loads(jsonl[0])["prompt"]
+    assert json.loads((output / "summary.json").read_text())["rows_in"] == QUESTIONS
+
+
+def test_faults_cost_time_not_rows_or_labels(clean_run, gsm8k_test: Path, tmp_path: Path):
+    summary, _, accuracy, _ = clean_run
+    faults = SimulatorConfig(p_500=0.10, p_429=0.05, p_malformed=0.02)
+    with SimulatedMathModel(faults, gsm8k_test) as sim:
+        faulty = run(sim, gsm8k_test, tmp_path)
+        faulty_accuracy = step_accuracy(sim, load(tmp_path, "raw").to_list())
+        stats = sim.stats()
+    print(f"step-label accuracy (faults): {faulty_accuracy:.4f}; faults {stats.faults}")
+    assert sum(stats.faults.values()) > 50
+    assert faulty["rows_labelled"] == summary["rows_labelled"]
+    assert faulty["rows_out"] == summary["rows_out"]
+    assert abs(faulty_accuracy - accuracy) <= 0.02
