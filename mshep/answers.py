@@ -26,8 +26,9 @@ _NUMBER = re.compile(
     \s*(?P<pct>%|percent\b)?""",
     re.VERBOSE,
 )
-# What may follow a number and still leave it the answer: units and words, no further digits.
-_UNIT_TAIL = re.compile(r"^[\sA-Za-z.'’²³/\-]*$")
+# What may follow a number and still leave it the answer: units and words, no further digits;
+# a lone letter right after it is a variable or the imaginary unit (`4x`, `2i`), not a unit.
+_UNIT_TAIL = re.compile(r"^(?![A-Za-z]$)[\sA-Za-z.'’²³/\-]*$")
 
 
 def _strip_wrappers(text: str) -> str:
@@ -35,7 +36,7 @@ def _strip_wrappers(text: str) -> str:
     boxed = re.fullmatch(r"\\(?:boxed|fbox)\{(.*)\}", text)
     if boxed:
         text = boxed.group(1)
-    text = _TEXT_WRAPPER.sub(r"\1", text)
+    text = _TEXT_WRAPPER.sub(r" \1", text)  # the space keeps `5\text{m}` a unit: `5 m`
     text = _LATEX_NOISE.sub("", text).replace("\\%", "%")
     text = text.strip().strip("$").strip()
     return text.rstrip(".").strip()
@@ -46,11 +47,7 @@ def parse_number(text: str) -> tuple[Fraction, bool] | None:
     text = _strip_wrappers(text)
     frac = _FRAC.match(text)
     if frac:
-        sign, num, den = (frac.group(1), frac.group(2), frac.group(3)) if frac.group(2) else (
-            frac.group(4),
-            frac.group(5),
-            frac.group(6),
-        )
+        sign, num, den = frac.group(1, 2, 3) if frac.group(2) else frac.group(4, 5, 6)
         numerator, denominator = parse_number(num), parse_number(den)
         if numerator is None or denominator is None or denominator[0] == 0:
             return None
@@ -61,17 +58,17 @@ def parse_number(text: str) -> tuple[Fraction, bool] | None:
         return None
     value = Fraction(match.group("num").replace(",", ""))
     if match.group("den"):
-        denominator = Fraction(match.group("den"))
-        if denominator == 0:
+        divisor = Fraction(match.group("den"))
+        if divisor == 0:
             return None
-        value /= denominator
+        value /= divisor
     if match.group("sign") in ("-", "−"):
         value = -value
     return value, bool(match.group("pct"))
 
 
 def _numbers_equal(a: Fraction, b: Fraction) -> bool:
-    return abs(a - b) <= Fraction(1, 10**9) * max(1, abs(b))
+    return abs(a - b) <= Fraction(1, 10**9) * max(Fraction(1), abs(b))
 
 
 def _numeric_match(candidate: tuple[Fraction, bool], golden: tuple[Fraction, bool]) -> bool:

@@ -6,6 +6,7 @@ never an empty success (the recipe's structured-output path returned "" and labe
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from typing import Literal
@@ -85,7 +86,7 @@ def _find_answer(text: str) -> tuple[str, int, int] | None:
                 answer = clean_answer(line_match.group()[found.end() :])
                 if answer:
                     return answer, line_match.start(), line_match.end()
-    boxed = _boxed_contents(text)
+    boxed = [b for b in _boxed_contents(text) if b[2].strip()]
     if boxed:
         start, end, content = boxed[-1]
         line_end = text.find("\n", end)
@@ -126,14 +127,14 @@ def split_steps(body: str) -> list[str]:
     """Steps of a solution body, without 'Step k:' or list numbering."""
     markers = list(_STEP_MARKER.finditer(body))
     if markers:
-        pieces = [body[m.end() : n.start()] for m, n in zip(markers, markers[1:], strict=False)]
+        pieces = [body[m.end() : n.start()] for m, n in itertools.pairwise(markers)]
         pieces.append(body[markers[-1].end() :])
         preamble = body[: markers[0].start()].strip()
         if preamble and re.search(r"[\d=]", preamble):
             pieces.insert(0, preamble)
     elif len(_LIST_MARKER.findall(body)) >= 2:
         items = list(_LIST_MARKER.finditer(body))
-        pieces = [body[m.end() : n.start()] for m, n in zip(items, items[1:], strict=False)]
+        pieces = [body[m.end() : n.start()] for m, n in itertools.pairwise(items)]
         pieces.append(body[items[-1].end() :])
         preamble = body[: items[0].start()].strip()
         if preamble and re.search(r"[\d=]", preamble):
@@ -185,12 +186,13 @@ def parse_json_solution(text: str | None) -> ParsedSolution | ParseFailure:
     steps, answer = data.get("steps"), data.get("answer")
     if not isinstance(steps, list) or not all(isinstance(s, str) for s in steps):
         return ParseFailure(reason="JSON 'steps' is not a list of strings", text=text)
-    if not isinstance(answer, str | int | float) or not str(answer).strip():
+    final = clean_answer(str(answer)) if isinstance(answer, str | int | float) else ""
+    if isinstance(answer, bool) or not final:
         return ParseFailure(reason="JSON 'answer' is missing or empty", text=text)
     cleaned = [s for s in (_STEP_MARKER.sub("", s, count=1).strip() for s in steps) if s]
     if not cleaned:
         return ParseFailure(reason="no steps", text=text)
-    return ParsedSolution(steps=cleaned, answer=clean_answer(str(answer)))
+    return ParsedSolution(steps=cleaned, answer=final)
 
 
 def parse_reference_answer(text: str | None, answer_format: str = "auto") -> str | ParseFailure:
@@ -203,15 +205,18 @@ def parse_reference_answer(text: str | None, answer_format: str = "auto") -> str
         if answer:
             return answer
     if answer_format in ("auto", "boxed"):
-        boxed = _boxed_contents(text)
+        boxed = [b for b in _boxed_contents(text) if b[2].strip()]
         if boxed:
             return boxed[-1][2].strip()
     if answer_format == "auto":
         found = _find_answer(text)
         if found:
             return found[0]
-        if "\n" not in text.strip() and len(text) <= 100:
-            return clean_answer(text)
+        plain = clean_answer(text) if "####" not in text and "\n" not in text.strip() else ""
+        if plain and len(text) <= 100:
+            return plain
     if answer_format == "plain":
         return text.strip()
-    return ParseFailure(reason=f"no final answer in the reference ({answer_format} format)", text=text)
+    return ParseFailure(
+        reason=f"no final answer in the reference ({answer_format} format)", text=text
+    )
