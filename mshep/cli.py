@@ -34,8 +34,19 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run = commands.add_parser("run", help="label a dataset (runs the Prefect flow)")
-    check = commands.add_parser("check", help="validate a config, its endpoints and dataset")
+    run = commands.add_parser(
+        "run",
+        help="label a dataset (runs the Prefect flow)",
+        description="Check the config, endpoints and dataset, then run the Prefect flow; "
+        "the run summary is printed as JSON on stdout. Options override --config; --set "
+        "overrides both.",
+    )
+    check = commands.add_parser(
+        "check",
+        help="validate a config, its endpoints and dataset",
+        description="Validate the config, reach the model endpoints and read the dataset, "
+        "without generating anything. Exit 0: ready to run.",
+    )
     for sub in (run, check):
         _add_config_options(sub)
     commands.add_parser("config", help="print the full default config as YAML")
@@ -49,21 +60,31 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_config_options(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--config", type=Path, help="YAML or JSON run config (see `mshep config`)")
-    sub.add_argument("--dataset", help="Hub name, local .jsonl/.parquet/.csv, or s3:// URI")
+    sub.add_argument(
+        "--config", type=Path, metavar="PATH", help="YAML or JSON run config (see `mshep config`)"
+    )
+    sub.add_argument(
+        "--dataset", metavar="SOURCE", help="Hub name, local .jsonl/.parquet/.csv, or s3:// URI"
+    )
     sub.add_argument("--split", help="dataset split (Hub datasets)")
-    sub.add_argument("--limit", type=int, help="use only the first LIMIT rows")
-    sub.add_argument("--question-column", help="column holding the question")
-    sub.add_argument("--answer-column", help="column holding the reference answer")
+    sub.add_argument("--limit", type=int, metavar="ROWS", help="use only the first ROWS rows")
+    sub.add_argument("--question-column", metavar="COLUMN", help="column holding the question")
+    sub.add_argument(
+        "--answer-column", metavar="COLUMN", help="column holding the reference answer"
+    )
     sub.add_argument("--model", help="model of the generator and the completer")
     sub.add_argument(
-        "--golden-model", help="strong model for golden solutions (sets golden.source=model)"
+        "--golden-model",
+        metavar="MODEL",
+        help="strong model for golden solutions (sets golden.source=model)",
     )
-    sub.add_argument("--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
+    sub.add_argument(
+        "--base-url", metavar="URL", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1"
+    )
     sub.add_argument("-M", type=int, dest="M", help="candidate solutions per question")
     sub.add_argument("-N", type=int, dest="N", help="rollouts per step prefix")
-    sub.add_argument("--output", help="output directory or s3:// prefix")
-    sub.add_argument("--shard-size", type=int, help="questions per task")
+    sub.add_argument("--output", metavar="PATH", help="output directory or s3:// prefix")
+    sub.add_argument("--shard-size", type=int, metavar="QUESTIONS", help="questions per task")
     sub.add_argument(
         "--set",
         action="append",
@@ -78,7 +99,12 @@ def _read_file(path: Path) -> dict[str, Any]:
 
     if not path.exists():
         raise MshepError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as error:
+        raise MshepError(f"cannot read config file {path}: {error.strerror or error}") from error
+    except yaml.YAMLError as error:
+        raise MshepError(f"{path} is not valid YAML: {_yaml_problem(error)}") from error
     if not isinstance(data, dict):
         raise MshepError(
             f"{path}: the config must be a mapping of sections, got {type(data).__name__}"
@@ -86,16 +112,43 @@ def _read_file(path: Path) -> dict[str, Any]:
     return data
 
 
+def _yaml_problem(error: Exception) -> str:
+    """PyYAML's multi-line message as one line: the problem and where (line, column)."""
+    mark = getattr(error, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return f"{getattr(error, 'problem', None) or error}{where}"
+
+
 def _put(data: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, last = dotted.split(".")
-    for key in parents:
+    *parents, last = keys = dotted.split(".")
+    if not all(keys):
+        raise MshepError(f"{dotted!r} is not a setting name: use dotted keys like generator.M")
+    for depth, key in enumerate(parents):
         data = data.setdefault(key, {})
+        if not isinstance(data, dict):
+            section = ".".join(parents[: depth + 1])
+            raise MshepError(f"cannot set {dotted}: {section} is {data!r}, not a section")
     data[last] = value
 
 
-def build_config(args: argparse.Namespace) -> RunConfig:
+def _parse_set(item: str) -> tuple[str, Any]:
+    """`--set KEY=VALUE`: the value is read as YAML (numbers, booleans, lists, null)."""
     import yaml
 
+    key, sep, text = item.partition("=")
+    if not sep:
+        raise MshepError(f"--set takes KEY=VALUE (e.g. --set generator.M=8), got {item!r}")
+    try:
+        return key.strip(), yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise MshepError(
+            f"--set {key.strip()}: {text!r} is not a valid YAML value ({_yaml_problem(error)}); "
+            "quote a string that has special characters"
+        ) from error
+
+
+def build_config(args: argparse.Namespace) -> RunConfig:
+    """The config file (if any), then the options, then each `--set`, validated as a whole."""
     data = _read_file(args.config) if args.config else {}
     overrides = {
         "dataset.source": args.dataset,
@@ -118,10 +171,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         if value is not None:
             _put(data, key, value)
     for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise MshepError(f"--set takes KEY=VALUE, got {item!r}")
-        _put(data, key.strip(), yaml.safe_load(value))
+        _put(data, *_parse_set(item))
     return RunConfig.model_validate(data)
 
 
@@ -150,6 +200,11 @@ def _run(args: argparse.Namespace, execute: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["simulate"]:  # its own options (and --help) belong to the simulator
+        from mshep.testing.simulator import main as simulate
+
+        return simulate(argv[1:])
     args = _parser().parse_args(argv)
     try:
         if args.command == "config":
