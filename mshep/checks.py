@@ -35,17 +35,25 @@ def check_backends(config: RunConfig) -> list[str]:
     return lines
 
 
+SHOWN_REJECTIONS = 5  # rows listed by `check`; the counts by reason cover the rest
+
+
 def check_dataset(config: RunConfig) -> str:
+    """The dataset line, with a few unusable rows listed; DatasetError if no row is usable."""
     loaded = load_problems(config.dataset, need_reference=config.golden.source == "reference")
     rejected = count_reasons(loaded.rejected)
+    why = "; ".join(f"{n} × {reason}" for reason, n in rejected.items())
     if not loaded.problems:
-        why = "; ".join(f"{n} × {reason}" for reason, n in rejected.items())
         first = loaded.rejected[0].detail if loaded.rejected else ""
         raise DatasetError(f"no usable row in {config.dataset.source!r}: {why} (first: {first})")
     line = f"dataset {config.dataset.source}: {loaded.rows_in} rows, {len(loaded.problems)} usable"
-    if rejected:
-        line += " (not used: " + "; ".join(f"{n} × {r}" for r, n in rejected.items()) + ")"
-    return line
+    if not rejected:
+        return line
+    lines = [f"{line}; {len(loaded.rejected)} not used: {why}"]
+    lines += [f"  not used: {f.detail} ({f.reason})" for f in loaded.rejected[:SHOWN_REJECTIONS]]
+    if len(loaded.rejected) > SHOWN_REJECTIONS:
+        lines.append(f"  ... and {len(loaded.rejected) - SHOWN_REJECTIONS} more")
+    return "\n".join(lines)
 
 
 def preflight(config: RunConfig) -> str:

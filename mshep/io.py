@@ -30,25 +30,62 @@ class LoadedDataset:
     rejected: list[Failure] = field(default_factory=list)
 
 
+def _is_local(source: str) -> bool:
+    return "://" not in source and Path(source).suffix.lower() in FILE_BUILDERS
+
+
+def _has_no_rows(path: Path) -> bool:
+    """A local file with no row in it, on which datasets fails with an unclear error."""
+    size = path.stat().st_size
+    if path.suffix.lower() == ".parquet" and size > 0:
+        import pyarrow.parquet as pq
+
+        try:
+            return bool(pq.ParquetFile(path).metadata.num_rows == 0)
+        except Exception:  # not a parquet file: datasets will say so
+            return False
+    return size == 0 or (size < 65_536 and not path.read_bytes().strip())
+
+
+def _no_rows(cfg: DatasetConfig) -> DatasetError:
+    where = cfg.source if _is_local(cfg.source) else f"{cfg.source!r} (split {cfg.split!r})"
+    return DatasetError(f"dataset {where} has no rows")
+
+
+def _describe(error: BaseException) -> str:
+    """The message of a loading error and of its cause (datasets often wraps the real one)."""
+    parts = [str(error) or type(error).__name__]
+    cause = error.__cause__ or error.__context__
+    if cause is not None and str(cause) and str(cause) not in parts[0]:
+        parts.append(f"{type(cause).__name__}: {cause}")
+    return ": ".join(parts)
+
+
+def _check_local_file(cfg: DatasetConfig) -> None:
+    path = Path(cfg.source)
+    if not path.is_file():
+        raise DatasetError(f"dataset file not found: {cfg.source}")
+    if _has_no_rows(path):
+        raise _no_rows(cfg)
+
+
 def _read_dataset(cfg: DatasetConfig) -> Any:
     import datasets
 
+    datasets.disable_progress_bars()  # "Generating train split" bars are noise in a CLI check
     suffix = Path(cfg.source).suffix.lower()
+    if _is_local(cfg.source):
+        _check_local_file(cfg)
     try:
         if suffix in FILE_BUILDERS:
-            if (
-                not cfg.source.startswith(("s3://", "gs://", "http"))
-                and not Path(cfg.source).exists()
-            ):
-                raise DatasetError(f"dataset file not found: {cfg.source}")
             return datasets.load_dataset(
                 FILE_BUILDERS[suffix], data_files=cfg.source, split="train"
             )
         return datasets.load_dataset(cfg.source, cfg.name, split=cfg.split)
-    except DatasetError:
-        raise
     except Exception as error:  # datasets raises many types; the user needs the message only
-        raise DatasetError(f"cannot load dataset {cfg.source!r}: {error}") from error
+        if "corresponds to no data" in str(error):  # a header, or a split, without rows
+            raise _no_rows(cfg) from error
+        raise DatasetError(f"cannot load dataset {cfg.source!r}: {_describe(error)}") from error
 
 
 def _check_columns(columns: Sequence[str], cfg: DatasetConfig) -> None:
@@ -76,6 +113,8 @@ def _read_row(
     row: dict[str, Any], index: int, cfg: DatasetConfig, need_reference: bool
 ) -> Problem | Failure:
     question = row[cfg.question_column]
+    if question is None:
+        return _reject(index, cfg.question_column, "question is missing", question)
     if not isinstance(question, str):
         return _reject(index, cfg.question_column, "question is not text", question)
     if not question.strip():
@@ -103,7 +142,7 @@ def load_problems(cfg: DatasetConfig, need_reference: bool) -> LoadedDataset:
     if cfg.limit is not None:
         table = table.select(range(min(cfg.limit, len(table))))
     if len(table) == 0:
-        raise DatasetError(f"dataset {cfg.source!r} (split {cfg.split!r}) has no rows")
+        raise _no_rows(cfg)
     loaded = LoadedDataset(rows_in=len(table))
     seen: set[str] = set()
     for index, row in enumerate(table):

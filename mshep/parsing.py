@@ -195,6 +195,9 @@ def parse_json_solution(text: str | None) -> ParsedSolution | ParseFailure:
     return ParsedSolution(steps=cleaned, answer=final)
 
 
+_MAX_PLAIN_ANSWER_WORDS = 6
+
+
 def parse_reference_answer(text: str | None, answer_format: str = "auto") -> str | ParseFailure:
     """The final answer of a dataset's reference: GSM8K '#### 72', MATH '\\boxed{…}', or plain."""
     if text is None or not str(text).strip():
@@ -213,7 +216,8 @@ def parse_reference_answer(text: str | None, answer_format: str = "auto") -> str
         if found:
             return found[0]
         plain = clean_answer(text) if "####" not in text and "\n" not in text.strip() else ""
-        if plain and len(text) <= 100:
+        # A bare answer is a value ("72", "\\frac{1}{2}", "Monday"), not a sentence of prose.
+        if plain and len(plain.split()) <= _MAX_PLAIN_ANSWER_WORDS:
             return plain
     if answer_format == "plain":
         return text.strip()

@@ -1,0 +1,194 @@
+"""Storage: datasets read from local jsonl / parquet / csv files, every row a problem or a
+rejection naming its row, column and value; records written and read back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from mshep.config import DatasetConfig
+from mshep.errors import DatasetError
+from mshep.io import exists, load_problems, read_records, write_records
+from mshep.records import Failure, Problem
+
+ROWS: list[dict[str, Any]] = [
+    {"id": "a", "question": "What is 2 + 3?", "answer": "2 + 3 = 5\n#### 5"},
+    {"id": "b", "question": "What is 4 * 2?", "answer": "4 * 2 = 8\n#### 8"},
+    {"id": "c", "question": "What is 9 - 7?", "answer": "9 - 7 = 2\n#### 2"},
+]
+
+
+def write(rows: list[dict[str, Any]], path: Path) -> Path:
+    frame = pd.DataFrame(rows)
+    if path.suffix == ".jsonl":
+        frame.to_json(path, orient="records", lines=True, force_ascii=False)
+    elif path.suffix == ".parquet":
+        frame.to_parquet(path, index=False)
+    else:
+        frame.to_csv(path, index=False)
+    return path
+
+
+def jsonl(lines: list[str], path: Path) -> Path:
+    """Rows as written by hand: pandas would coerce mixed-type columns."""
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def load(path: Path, need_reference: bool = True, **settings: Any):
+    return load_problems(DatasetConfig(source=str(path), **settings), need_reference)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet", ".csv"])
+def test_local_files_load_every_row(tmp_path: Path, suffix: str) -> None:
+    loaded = load(write(ROWS, tmp_path / f"data{suffix}"))
+    assert loaded.rows_in == 3 and not loaded.rejected
+    assert [p.id for p in loaded.problems] == ["0", "1", "2"]
+    assert [p.reference_answer for p in loaded.problems] == ["5", "8", "2"]
+    assert loaded.problems[0].question == "What is 2 + 3?"
+    assert loaded.problems[0].reference_solution == ROWS[0]["answer"]
+
+
+def test_id_column_names_the_problems(tmp_path: Path) -> None:
+    loaded = load(write(ROWS, tmp_path / "data.parquet"), id_column="id")
+    assert [p.id for p in loaded.problems] == ["a", "b", "c"]
+
+
+def test_limit_keeps_the_first_rows(tmp_path: Path) -> None:
+    loaded = load(write(ROWS, tmp_path / "data.jsonl"), limit=2)
+    assert loaded.rows_in == 2 and [p.id for p in loaded.problems] == ["0", "1"]
+
+
+def test_a_limit_beyond_the_rows_is_the_whole_dataset(tmp_path: Path) -> None:
+    assert load(write(ROWS, tmp_path / "data.jsonl"), limit=100).rows_in == 3
+
+
+def test_duplicate_ids_are_rejected_with_the_row(tmp_path: Path) -> None:
+    rows = [*ROWS, {"id": "a", "question": "What is 1 + 1?", "answer": "#### 2"}]
+    loaded = load(write(rows, tmp_path / "data.jsonl"), id_column="id")
+    assert [p.id for p in loaded.problems] == ["a", "b", "c"]
+    (failure,) = loaded.rejected
+    assert failure.reason == "duplicate id"
+    assert failure.detail == "row 3, column 'id', value 'a'"
+
+
+def test_bad_questions_are_rejected_naming_row_column_and_value(tmp_path: Path) -> None:
+    path = jsonl(
+        [
+            '{"question": 42, "answer": "#### 4"}',
+            '{"question": "What is 1 + 1?", "answer": "#### 2"}',
+            '{"question": "   ", "answer": "#### 3"}',
+            '{"question": null, "answer": "#### 5"}',
+            '{"question": ["a list"], "answer": "#### 6"}',
+        ],
+        tmp_path / "data.jsonl",
+    )
+    loaded = load(path)
+    assert loaded.rows_in == 5 and [p.id for p in loaded.problems] == ["1"]
+    assert [(f.problem_id, f.reason, f.detail) for f in loaded.rejected] == [
+        ("0", "question is not text", "row 0, column 'question', value 42"),
+        ("2", "question is empty", "row 2, column 'question', value '   '"),
+        ("3", "question is missing", "row 3, column 'question', value None"),
+        ("4", "question is not text", "row 4, column 'question', value ['a list']"),
+    ]
+    assert all(f.stage == "load" for f in loaded.rejected)
+
+
+def test_an_unparseable_reference_is_rejected_only_when_it_is_needed(tmp_path: Path) -> None:
+    prose = "no answer here, just prose that goes on and on " * 3
+    rows = [*ROWS[:2], {"question": "What is 3 + 3?", "answer": prose}]
+    path = write(rows, tmp_path / "data.jsonl")
+    (failure,) = load(path).rejected
+    assert failure.reason == "no final answer in the reference (auto format)"
+    assert failure.detail is not None
+    assert failure.detail.startswith("row 2, column 'answer', value 'no answer here")
+    assert len(failure.detail) < 120  # a long value is cut short
+    golden_from_a_model = load(path, need_reference=False)
+    assert not golden_from_a_model.rejected
+    assert golden_from_a_model.problems[2].reference_answer is None
+
+
+def test_a_short_line_of_prose_is_not_a_reference_answer(tmp_path: Path) -> None:
+    rows = [{"question": "What is 3 + 3?", "answer": "no answer here, just prose that goes on..."}]
+    rows.append(ROWS[0])
+    (failure,) = load(write(rows, tmp_path / "data.jsonl")).rejected
+    assert failure.detail is not None and failure.detail.startswith("row 0, column 'answer'")
+
+
+@pytest.mark.parametrize(
+    ("answer_format", "expected"),
+    [("gsm8k", ["5", None]), ("boxed", [None, "7"]), ("auto", ["5", "7"])],
+)
+def test_answer_format(tmp_path: Path, answer_format: str, expected: list[str | None]) -> None:
+    rows = [
+        {"question": "What is 2 + 3?", "answer": "2 + 3 = 5\n#### 5"},
+        {"question": "What is 3 + 4?", "answer": "So the answer is $\\boxed{7}$."},
+    ]
+    loaded = load(write(rows, tmp_path / "data.jsonl"), answer_format=answer_format)
+    by_id = {p.id: p.reference_answer for p in loaded.problems}
+    assert [by_id.get(str(i)) for i in range(2)] == expected
+    rejected = {f.problem_id: f.reason for f in loaded.rejected}
+    assert set(rejected) == {str(i) for i, answer in enumerate(expected) if answer is None}
+    assert all(answer_format in reason for reason in rejected.values())
+
+
+def test_a_misnamed_column_lists_the_columns_there_are(tmp_path: Path) -> None:
+    path = write(ROWS, tmp_path / "data.csv")
+    with pytest.raises(DatasetError) as error:
+        load(path, question_column="problem")
+    message = str(error.value)
+    assert "'problem' (dataset.question_column)" in message
+    assert "its columns are: id, question, answer" in message
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [("empty.jsonl", ""), ("blank.jsonl", "\n\n"), ("empty.csv", ""), ("header.csv", "q,a\n")],
+)
+def test_an_empty_file_has_no_rows(tmp_path: Path, name: str, text: str) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(DatasetError, match=f"dataset {path} has no rows"):
+        load(path)
+
+
+def test_an_empty_parquet_file_has_no_rows(tmp_path: Path) -> None:
+    path = tmp_path / "empty.parquet"
+    pd.DataFrame({"question": pd.Series([], dtype=str), "answer": []}).to_parquet(path)
+    with pytest.raises(DatasetError, match="has no rows"):
+        load(path)
+
+
+def test_a_missing_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match=f"dataset file not found: {tmp_path}/nope.jsonl"):
+        load(tmp_path / "nope.jsonl")
+
+
+def test_an_unreadable_file_says_why(tmp_path: Path) -> None:
+    path = jsonl(
+        ['{"question": "What is 1 + 1?", "answer": "#### 2"}', "{not json"], tmp_path / "x.jsonl"
+    )
+    with pytest.raises(DatasetError, match=f"cannot load dataset '{path}': .+"):
+        load(path)
+
+
+def test_records_round_trip_on_a_local_path(tmp_path: Path) -> None:
+    records = [
+        Problem(id="a", question="What is 2 + 3?", reference_answer="5"),
+        Problem(id="b", question="Ünïcode ки?", reference_answer=None),
+    ]
+    path = str(tmp_path / "deep" / "dir" / "shard-00000.jsonl")
+    write_records(path, records)
+    assert exists(path) and not exists(path + ".partial")
+    assert read_records(path, Problem) == records
+    write_records(path, records[:1])  # rewritten whole, not appended
+    assert read_records(path, Problem) == records[:1]
+
+
+def test_an_empty_shard_round_trips(tmp_path: Path) -> None:
+    path = str(tmp_path / "failures.jsonl")
+    write_records(path, [])
+    assert read_records(path, Failure) == []
