@@ -69,17 +69,16 @@ def _generate(
     with make_backend(config.backend_for(stage), stage.model) as backend:
         out = generate_solutions(backend, problems, stage, m, name)
     path = shard_path(config, name, problems_ref.shard)
-    solutions = [s for p in problems for s in out.solutions[p.id]]
-    write_records(
-        path,
-        [KeyedSolution(problem_id=p.id, solution=s) for p in problems for s in out.solutions[p.id]],
-    )
+    keyed = [
+        KeyedSolution(problem_id=p.id, solution=s) for p in problems for s in out.solutions[p.id]
+    ]
+    write_records(path, keyed)
     return ShardRef(
         stage=name,
         shard=problems_ref.shard,
         path=path,
         problems=len(problems),
-        items=len(solutions),
+        items=len(keyed),
         failures=out.failures,
         usage=out.usage,
     )

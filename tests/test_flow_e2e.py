@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from mshep.answers import answers_match
 from mshep.config import RunConfig
 from mshep.testing.simulator import SimulatedMathModel, SimulatorConfig
 
@@ -104,3 +105,35 @@ def test_faults_cost_time_not_rows_or_labels(clean_run, gsm8k_test: Path, tmp_pa
     assert faulty["rows_labelled"] == summary["rows_labelled"]
     assert faulty["rows_out"] == summary["rows_out"]
     assert abs(faulty_accuracy - accuracy) <= 0.02
+
+
+def test_golden_from_a_strong_model(prefect_harness: None, gsm8k_test: Path, tmp_path: Path):
+    from flows.prm import run_flow
+
+    with (
+        SimulatedMathModel(SimulatorConfig(p_wrong_step=0.0), gsm8k_test) as strong,
+        SimulatedMathModel(SimulatorConfig(), gsm8k_test) as weak,
+    ):
+        config = RunConfig.model_validate(
+            {
+                "dataset": {"source": str(gsm8k_test), "limit": 10, "answer_column": None},
+                "golden": {
+                    "source": "model",
+                    "model": "strong",
+                    "backend": {"base_url": strong.base_url},
+                },
+                "generator": {"M": 2, "model": "weak"},
+                "completer": {"N": 2, "model": "weak"},
+                "backend": {"base_url": weak.base_url},
+                "output": {"path": str(tmp_path)},
+            }
+        )
+        summary = run_flow(config)
+        strong_requests = strong.stats().by_kind
+        raw = load(tmp_path, "raw").to_list()
+        truth = {row["question"]: strong.reference(row["question"]).answer for row in raw}
+    assert summary["rows_labelled"] == 10
+    assert summary["stages"]["golden"]["requests"] == 10
+    assert strong_requests.get("generate") == 10 and not strong_requests.get("complete")
+    assert len(truth) == 10
+    assert all(answers_match(row["golden_answer"], truth[row["question"]]) for row in raw)
