@@ -199,7 +199,8 @@ def read_reply(output: Any, default_model: str) -> _Reply:
 def merge_replies(
     request: GenerationRequest, outcomes: Sequence[_Reply | str], model: str
 ) -> GenerationResult:
-    """The n single-completion calls of one request as one result; failed ones as errors."""
+    """The calls of one request (one call with n, or n calls of one) as one result; failed
+    calls as error completions, or a failed result when none succeeded."""
     replies = [outcome for outcome in outcomes if isinstance(outcome, _Reply)]
     errors = [outcome for outcome in outcomes if isinstance(outcome, str)]
     if not replies:
@@ -345,11 +346,7 @@ class HttpBackend(BackendBase):
         model = self._model_for(request)
         if self.config.supports_n or request.n == 1:
             outcome = await self._call(client, request, request.n, request.seed, slots, stats)
-            if isinstance(outcome, str):
-                return GenerationResult.failed(request, outcome, model=model)
-            return GenerationResult(
-                completions=outcome.completions, usage=outcome.usage, model=outcome.model
-            )
+            return merge_replies(request, [outcome], model)
         # The server ignores `n`: n calls of one completion each, with distinct seeds.
         seeds = [None if request.seed is None else request.seed + i for i in range(request.n)]
         calls = (self._call(client, request, 1, seed, slots, stats) for seed in seeds)
@@ -415,7 +412,9 @@ class HttpBackend(BackendBase):
         tries = f"after {attempts} attempt{'s' if attempts != 1 else ''}"
         status = _status(exc) if isinstance(exc, HfHubHTTPError) else None
         if status in _AUTH_STATUSES:
-            return f"HTTP {status}: {self._refused(token_sent)} ({tries})"
+            return (
+                f"HTTP {status}: the server {_refused(token_sent, self.config.token_env)} ({tries})"
+            )
         if status is not None:
             return f"HTTP {status} {tries}: {_short(exc)}"
         if isinstance(exc, InferenceTimeoutError | TimeoutError):
@@ -428,11 +427,12 @@ class HttpBackend(BackendBase):
             return f"connection error {tries}: {type(exc).__name__}: {_short(exc)}"
         return f"{type(exc).__name__} {tries}: {_short(exc)}"
 
-    def _refused(self, token_sent: bool) -> str:
-        env = self.config.token_env
-        if token_sent:
-            return f"the server refused the token in {env}"
-        return f"the server wants a token and none was sent (set {env})"
+
+def _refused(token_sent: bool, token_env: str) -> str:
+    """What a 401/403 means here, naming the variable to fix."""
+    if token_sent:
+        return f"refused the token in {token_env}"
+    return f"wants a token and none was sent (set {token_env})"
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:
@@ -451,5 +451,5 @@ def check_server(base_url: str, token: str | None, token_env: str) -> None:
     except httpx.HTTPError as exc:
         raise BackendUnavailable(f"cannot reach {base_url}: {type(exc).__name__}: {exc}") from exc
     if response.status_code in _AUTH_STATUSES:
-        what = f"refused the token in {token_env}" if token else f"wants a token (set {token_env})"
+        what = _refused(bool(token), token_env)
         raise BackendUnavailable(f"{base_url} {what}: HTTP {response.status_code} on GET {url}")
