@@ -129,14 +129,32 @@ class OutputConfig(Section):
     file_types: list[FileType] = Field(default_factory=lambda: list(FILE_TYPES))
     push_to_hub: str | None = Field(default=None, description="Hub repo id to push to.")
     private: bool = True
+    hub_token_env: str = Field(
+        default="HF_TOKEN",
+        description="Environment variable holding the Hub token (not the token).",
+    )
+    hub_token_block: str | None = Field(
+        default=None, description="Name of a Prefect Secret block holding the Hub token instead."
+    )
 
 
 class ExecutionConfig(Section):
     shard_size: int = Field(default=200, ge=1, le=100_000, description="Questions per task.")
     task_runner: Literal["threads", "ray"] = "threads"
+    workers: int = Field(default=8, ge=1, le=256, description="Threads of the threads runner.")
     ray_address: str | None = Field(default=None, description="Ray cluster; unset = local Ray.")
+    cache: bool = Field(
+        default=True, description="Reuse finished shards of an earlier run with the same inputs."
+    )
     result_storage: str | None = Field(
-        default=None, description="Where task results persist (path or s3://); unset = Prefect's."
+        default=None,
+        description="Where task results persist: a path or s3:// prefix; "
+        "unset = <output.path>/.work/results. Credentials come from the environment.",
+    )
+    result_storage_block: str | None = Field(
+        default=None,
+        description="A saved Prefect filesystem block for results, e.g. 'remote-file-system/prm' "
+        "(endpoint and credentials kept in the block); overrides result_storage.",
     )
 
 
