@@ -11,20 +11,40 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
-from prefect import flow, get_run_logger, task
+from prefect import Task, flow, get_run_logger, task
+from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.filesystems import RemoteFileSystem
 from prefect.futures import PrefectFuture
 
 from mshep.backends import make_backend
-from mshep.config import ModelStage, RunConfig
+from mshep.config import (
+    CompleterConfig,
+    HttpBackendConfig,
+    ModelStage,
+    RunConfig,
+    VllmBackendConfig,
+)
 from mshep.errors import MshepError
 from mshep.formats import format_rows
-from mshep.io import load_problems, read_records, write_dataset, write_json, write_records
+from mshep.io import (
+    digest,
+    exists,
+    load_problems,
+    read_records,
+    records_text,
+    write_dataset,
+    write_json,
+    write_records,
+)
 from mshep.labelling import LabelTarget
 from mshep.pipeline import generate_solutions, label_solutions
 from mshep.records import Failure, KeyedSolution, LabelledSolution, Problem, Solution
 from mshep.summary import RunSummary, ShardRef, count_reasons, label_counts, stage_summary
+
+M = TypeVar("M", bound=ModelStage)
 
 
 def fingerprint(*parts: Any) -> str:
@@ -35,63 +55,84 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def settings(stage: M) -> M:
+    """What a stage's output depends on: model, sampling, prompts, M/N, strategy. Not where or
+    how the model is served (URL, concurrency, timeouts, retries, token variable): moving a run
+    to another server, or raising its concurrency, keeps every finished shard."""
+    return stage.model_copy(update={"backend": None})
+
+
 def stage_keys(config: RunConfig) -> dict[str, str]:
     """Each stage's key covers its own settings and those of the stages it reads."""
     load = fingerprint(config.dataset, config.golden.source, config.execution.shard_size)
-    golden = fingerprint(load, config.golden, config.backend_for(config.golden))
-    generate = fingerprint(load, config.generator, config.backend_for(config.generator))
-    complete = fingerprint(golden, generate, config.completer, config.backend_for(config.completer))
+    golden = fingerprint(load, settings(config.golden))
+    generate = fingerprint(load, settings(config.generator))
+    reads = golden if config.golden.source == "model" else "reference"
+    complete = fingerprint(reads, generate, settings(config.completer))
     return {"load": load, "golden": golden, "generate": generate, "complete": complete}
 
 
-def shard_path(config: RunConfig, stage: str, shard: int) -> str:
+def work_dir(config: RunConfig) -> str:
+    return f"{config.output.path.rstrip('/')}/.work"
+
+
+def shard_path(config: RunConfig, stage: str, problems: ShardRef) -> str:
+    """Where a stage writes a shard: keyed by the stage's settings and the shard's questions, so
+    runs with other settings or other data never overwrite what this one may resume from."""
     key = stage_keys(config)[stage]
-    return f"{config.output.path.rstrip('/')}/.work/{stage}-{key}/shard-{shard:05d}.jsonl"
+    return (
+        f"{work_dir(config)}/{stage}-{key}/shard-{problems.shard:05d}-{problems.digest[:12]}.jsonl"
+    )
 
 
 @task(name="load-questions")
 def load_task(config: RunConfig) -> tuple[int, list[ShardRef], list[Failure]]:
+    """Not cached: the input is read fresh each run; shards whose questions did not change keep
+    their paths and digests, so their downstream tasks hit the cache."""
     loaded = load_problems(config.dataset, need_reference=config.golden.source == "reference")
     size = config.execution.shard_size
     refs = []
     for shard, start in enumerate(range(0, len(loaded.problems), size)):
-        problems = loaded.problems[start : start + size]
-        path = shard_path(config, "load", shard)
-        write_records(path, problems)
-        refs.append(ShardRef(stage="load", shard=shard, path=path, problems=len(problems)))
+        text = records_text(loaded.problems[start : start + size])
+        key, sha = stage_keys(config)["load"], digest(text)
+        path = f"{work_dir(config)}/load-{key}/shard-{shard:05d}-{sha[:12]}.jsonl"
+        write_records(path, text)
+        count = len(loaded.problems[start : start + size])
+        refs.append(ShardRef(stage="load", shard=shard, path=path, digest=sha, problems=count))
     return loaded.rows_in, refs, loaded.rejected
 
 
-def _generate(
-    config: RunConfig, stage: ModelStage, problems_ref: ShardRef, name: str, m: int
+# The cache key of a stage task: its inputs (settings, input shard references with their
+# digests, output path) and its source; not the run id (DESIGN.md), not the backend.
+SHARD_CACHE = (INPUTS - "backend") + TASK_SOURCE
+
+
+@task(name="generate", cache_policy=SHARD_CACHE, persist_result=True)
+def generate_task(
+    name: str,
+    stage: ModelStage,
+    m: int,
+    problems_ref: ShardRef,
+    out: str,
+    backend: HttpBackendConfig | VllmBackendConfig,
 ) -> ShardRef:
+    """M solutions per question of one shard (M=1 for golden solutions)."""
     problems = read_records(problems_ref.path, Problem)
-    with make_backend(config.backend_for(stage), stage.model) as backend:
-        out = generate_solutions(backend, problems, stage, m, name)
-    path = shard_path(config, name, problems_ref.shard)
+    with make_backend(backend, stage.model) as client:
+        result = generate_solutions(client, problems, stage, m, name)
     keyed = [
-        KeyedSolution(problem_id=p.id, solution=s) for p in problems for s in out.solutions[p.id]
+        KeyedSolution(problem_id=p.id, solution=s) for p in problems for s in result.solutions[p.id]
     ]
-    write_records(path, keyed)
     return ShardRef(
         stage=name,
         shard=problems_ref.shard,
-        path=path,
+        path=out,
+        digest=write_records(out, keyed),
         problems=len(problems),
         items=len(keyed),
-        failures=out.failures,
-        usage=out.usage,
+        failures=result.failures,
+        usage=result.usage,
     )
-
-
-@task(name="golden")
-def golden_task(config: RunConfig, problems_ref: ShardRef) -> ShardRef:
-    return _generate(config, config.golden, problems_ref, "golden", 1)
-
-
-@task(name="generate")
-def generate_task(config: RunConfig, problems_ref: ShardRef) -> ShardRef:
-    return _generate(config, config.generator, problems_ref, "generate", config.generator.M)
 
 
 def _golden_answers(problems: list[Problem], golden_ref: ShardRef | None) -> dict[str, str]:
@@ -128,26 +169,31 @@ def _targets(
     return targets, unlabelled
 
 
-@task(name="complete")
+@task(name="complete", cache_policy=SHARD_CACHE, persist_result=True)
 def complete_task(
-    config: RunConfig, problems_ref: ShardRef, golden_ref: ShardRef | None, generated_ref: ShardRef
+    completer: CompleterConfig,
+    problems_ref: ShardRef,
+    golden_ref: ShardRef | None,
+    generated_ref: ShardRef,
+    out: str,
+    backend: HttpBackendConfig | VllmBackendConfig,
 ) -> ShardRef:
+    """Label every candidate of one shard, round by round, one backend call per round."""
     problems = read_records(problems_ref.path, Problem)
     targets, unlabelled = _targets(problems, _golden_answers(problems, golden_ref), generated_ref)
-    with make_backend(config.backend_for(config.completer), config.completer.model) as backend:
-        out = label_solutions(backend, targets, config.completer)
-    path = shard_path(config, "complete", problems_ref.shard)
-    write_records(path, out.solutions)
+    with make_backend(backend, completer.model) as client:
+        result = label_solutions(client, targets, completer)
     # `failures` here are per problem: exactly one for each problem left without a label.
     return ShardRef(
         stage="complete",
         shard=problems_ref.shard,
-        path=path,
+        path=out,
+        digest=write_records(out, result.solutions),
         problems=len(problems),
-        items=len(out.solutions),
+        items=len(result.solutions),
         failures=unlabelled,
-        usage=out.usage,
-        rounds=out.rounds,
+        usage=result.usage,
+        rounds=result.rounds,
     )
 
 
@@ -168,22 +214,80 @@ def write_task(config: RunConfig, complete_refs: list[ShardRef]) -> dict[str, An
     return written
 
 
+def result_storage(config: RunConfig) -> Path | str:
+    """Where the stage tasks' results (small `ShardRef`s, keyed by cache key) persist: next to
+    the shard data by default, so a run resumes wherever its output lives. An s3:// prefix is
+    saved as a Prefect block holding only the path (Prefect wants remote storage as a saved
+    block); endpoint and credentials stay in the environment (AWS_ENDPOINT_URL,
+    AWS_ACCESS_KEY_ID, ...), or name a block of your own in `execution.result_storage_block`."""
+    if config.execution.result_storage_block:
+        return config.execution.result_storage_block  # Prefect loads the saved block by slug
+    base = config.execution.result_storage or f"{work_dir(config)}/results"
+    if "://" in base and not base.startswith("file://"):
+        name = f"mshep-results-{hashlib.sha256(base.encode()).hexdigest()[:12]}"
+        RemoteFileSystem(basepath=base).save(name, overwrite=True)
+        return f"remote-file-system/{name}"
+    return Path(base.removeprefix("file://")).resolve()
+
+
 StageFutures = dict[str, list[PrefectFuture[ShardRef]]]
 
 
-def _submit_shards(config: RunConfig, shards: list[ShardRef]) -> StageFutures:
-    """golden ‖ generate per shard, then complete; Prefect resolves the futures passed along."""
-    futures: StageFutures = {"golden": [], "generate": [], "complete": []}
-    for ref in shards:
-        golden = golden_task.submit(config, ref) if config.golden.source == "model" else None
-        generated = generate_task.submit(config, ref)
-        # Futures as arguments: Prefect waits for them and passes their results.
-        completed = complete_task.submit(config, ref, golden, generated)  # type: ignore[call-overload]
-        futures["complete"].append(completed)
-        futures["generate"].append(generated)
-        if golden is not None:
-            futures["golden"].append(golden)
-    return futures
+class _Submitter:
+    """Submits one stage task per shard with the run's cache settings. A task whose output file
+    is gone (or every task, with `execution.cache` off) refreshes its cache entry: it runs again
+    and its new result replaces the old one, rather than a cached reference to missing data."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self.storage = result_storage(config)
+        self.refreshed = 0
+
+    def options(self, stage: Task[..., ShardRef], out: str) -> Task[..., ShardRef]:
+        refresh = not self.config.execution.cache or not exists(out)
+        self.refreshed += refresh
+        return stage.with_options(result_storage=self.storage, refresh_cache=refresh)
+
+    def submit(self, shards: list[ShardRef]) -> StageFutures:
+        """golden ‖ generate per shard, then complete; Prefect resolves the futures passed on."""
+        config = self.config
+        futures: StageFutures = {"golden": [], "generate": [], "complete": []}
+        for ref in shards:
+            golden = None
+            if config.golden.source == "model":
+                out = shard_path(config, "golden", ref)
+                golden = self.options(generate_task, out).submit(
+                    "golden",
+                    settings(config.golden),
+                    1,
+                    ref,
+                    out,
+                    config.backend_for(config.golden),
+                )
+                futures["golden"].append(golden)
+            out = shard_path(config, "generate", ref)
+            generated = self.options(generate_task, out).submit(
+                "generate",
+                settings(config.generator),
+                config.generator.M,
+                ref,
+                out,
+                config.backend_for(config.generator),
+            )
+            futures["generate"].append(generated)
+            out = shard_path(config, "complete", ref)
+            backend = config.backend_for(config.completer)
+            # Futures as arguments: Prefect waits for them and passes their results.
+            completed = self.options(complete_task, out).submit(
+                settings(config.completer), ref, golden, generated, out, backend
+            )
+            futures["complete"].append(completed)
+        return futures
+
+
+def reused(futures: list[PrefectFuture[ShardRef]]) -> int:
+    """Shards whose result came from the cache of an earlier run."""
+    return sum(1 for future in futures if future.state.name == "Cached")
 
 
 def _summarise(
@@ -218,8 +322,11 @@ def mshep_flow(config: RunConfig) -> dict[str, Any]:
     for failure in rejected:
         logger.warning("row not used: %s (%s)", failure.reason, failure.detail)
     logger.info("%d rows in, %d usable, %d shards", rows_in, rows_in - len(rejected), len(shards))
-    futures = _submit_shards(config, shards)
+    futures = _Submitter(config).submit(shards)
     refs = {name: [f.result() for f in stage] for name, stage in futures.items()}
+    for name, stage in futures.items():
+        if stage and (hits := reused(stage)):
+            logger.info("%s: %d of %d shards reused from an earlier run", name, hits, len(stage))
     written = write_task(config, refs["complete"])
     summary = _summarise(rows_in, rejected, refs, written)
     summary.wall_time_s = round(time.monotonic() - started, 3)
@@ -242,7 +349,7 @@ def build_task_runner(config: RunConfig) -> Any:
         )
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    return ThreadPoolTaskRunner(max_workers=8)
+    return ThreadPoolTaskRunner(max_workers=config.execution.workers)
 
 
 def run_flow(config: RunConfig) -> dict[str, Any]:

@@ -5,6 +5,7 @@ Heavy libraries (datasets, fsspec) are imported inside the functions that need t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import posixpath
 from collections.abc import Iterable, Sequence
@@ -157,17 +158,29 @@ def load_problems(cfg: DatasetConfig, need_reference: bool) -> LoadedDataset:
     return loaded
 
 
-def write_records(path: str, records: Iterable[BaseModel]) -> None:
-    """JSON lines on any fsspec path (local or s3://), written whole or not at all."""
+def records_text(records: Iterable[BaseModel]) -> str:
+    return "".join(record.model_dump_json() + "\n" for record in records)
+
+
+def digest(text: str) -> str:
+    """sha256 of a shard's text: its content in downstream cache keys."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def write_records(path: str, records: Iterable[BaseModel] | str) -> str:
+    """JSON lines on any fsspec path (local or s3://), written whole or not at all: a file that
+    exists is complete, so a run killed mid-write leaves no half shard to resume from.
+    Returns the content's digest."""
     import fsspec
 
-    text = "".join(record.model_dump_json() + "\n" for record in records)
+    text = records if isinstance(records, str) else records_text(records)
     fs, _, (target,) = fsspec.get_fs_token_paths(path)
     fs.makedirs(posixpath.dirname(target), exist_ok=True)
     partial = target + ".partial"
     with fs.open(partial, "w", encoding="utf-8") as handle:
         handle.write(text)
     fs.mv(partial, target)
+    return digest(text)
 
 
 def read_records(path: str, model: type[R]) -> list[R]:
@@ -178,9 +191,11 @@ def read_records(path: str, model: type[R]) -> list[R]:
 
 
 def exists(path: str) -> bool:
+    """Whether a file is there now (no listing cache: another process may have removed it)."""
     import fsspec
 
     fs, _, (target,) = fsspec.get_fs_token_paths(path)
+    fs.invalidate_cache()
     return bool(fs.exists(target))
 
 

@@ -18,6 +18,7 @@ class ShardRef(BaseModel):
     stage: str
     shard: int
     path: str
+    digest: str = Field(default="", description="sha256 of the shard file: content in cache keys.")
     problems: int = 0
     items: int = 0
     failures: list[Failure] = Field(default_factory=list)

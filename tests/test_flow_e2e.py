@@ -101,7 +101,7 @@ def test_faults_cost_time_not_rows_or_labels(clean_run, gsm8k_test: Path, tmp_pa
         faulty_accuracy = step_accuracy(sim, load(tmp_path, "raw").to_list())
         stats = sim.stats()
     print(f"step-label accuracy (faults): {faulty_accuracy:.4f}; faults {stats.faults}")
-    assert sum(stats.faults.values()) > 50
+    assert sum(stats.faults.values()) >= 0.1 * stats.requests  # 17% drawn
     assert faulty["rows_labelled"] == summary["rows_labelled"]
     assert faulty["rows_out"] == summary["rows_out"]
     assert abs(faulty_accuracy - accuracy) <= 0.02

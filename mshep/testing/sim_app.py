@@ -95,7 +95,7 @@ class SimulatorApp:
             self._choice(request, prompt, ref, prefix_wrong, index) for index in range(request.n)
         ]
         self._decode([choice.tokens for choice in choices])
-        usage = self._count(prompt.kind, request.prompt_tokens(), choices)
+        usage = self._count(prompt.kind, ref.question, request.prompt_tokens(), choices)
         return json_reply(200, self._body(request, choices, usage))
 
     def _reject(self, message: str) -> Reply:
@@ -147,10 +147,14 @@ class SimulatorApp:
             self._stats.max_in_flight = max(self._stats.max_in_flight, self._stats.in_flight)
             self._stats.busy_slot_seconds += busy
 
-    def _count(self, kind: str, prompt_tokens: int, choices: list[Choice]) -> dict[str, int]:
+    def _count(
+        self, kind: str, question: str, prompt_tokens: int, choices: list[Choice]
+    ) -> dict[str, int]:
         completion = sum(choice.tokens for choice in choices)
         with self._lock:
             self._stats.by_kind[kind] += 1
+            asked = f"{kind}: {question}"
+            self._stats.by_question[asked] = self._stats.by_question.get(asked, 0) + 1
             self._stats.choices += len(choices)
             self._stats.prompt_tokens += prompt_tokens
             self._stats.completion_tokens += completion

@@ -67,6 +67,9 @@ class SimulatorStats(BaseModel):
     model_config = ConfigDict(extra="forbid")
     requests: int = Field(default=0, description="Chat requests received, faults included.")
     by_kind: dict[str, int] = Field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    by_question: dict[str, int] = Field(
+        default_factory=dict, description="Answered requests per '<kind>: <question>'."
+    )
     choices: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
