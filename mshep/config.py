@@ -101,8 +101,23 @@ class GeneratorConfig(ModelStage):
 
 class CompleterConfig(ModelStage):
     N: int = Field(default=4, ge=1, le=128, description="Rollouts per evaluated step prefix.")
-    strategy: Literal["per_step"] = Field(
-        default="per_step", description="per_step: N rollouts from every prefix (the paper's)."
+    strategy: Literal["per_step", "first_error"] = Field(
+        default="first_error",
+        description="first_error: binary search for the first bad step of each candidate whose "
+        "answer is wrong, ~log2(L) prefixes rolled out; per_step: N rollouts from every prefix "
+        "(the paper's and the recipe's), soft values on every step.",
+    )
+    witness: bool = Field(
+        default=True,
+        description="A candidate whose own final answer is right needs no rollouts: all its steps "
+        "are good (label source 'witness', no soft value). Both strategies; set false, with "
+        "per_step, for soft values on every step of every candidate.",
+    )
+    difficulty_filter: bool = Field(
+        default=False,
+        description="Leave out questions whose candidates are all right or all wrong (by final "
+        "answer), counted in the summary as 'filter: ...'. Needs generator.M >= 2: a question "
+        "with a single candidate is always kept.",
     )
 
 
@@ -173,6 +188,15 @@ class RunConfig(Section):
             raise ValueError(
                 "golden.source is 'reference' but dataset.answer_column is unset: "
                 "name the reference column, or set golden.source to 'model'"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _filter_needs_candidates(self) -> RunConfig:
+        if self.completer.difficulty_filter and self.generator.M < 2:
+            raise ValueError(
+                "completer.difficulty_filter needs generator.M >= 2: with one candidate per "
+                "question there is no all-right or all-wrong to filter"
             )
         return self
 

@@ -9,27 +9,42 @@ Rules (DESIGN.md): a step is good when any valid rollout from its prefix reaches
 answer; soft value = correct / valid; failed rollouts (error, unparseable, truncated) count as
 neither, missing ones as failed; no valid rollout → unknown. The last step has no continuation:
 its label is whether the solution's own final answer is the golden one.
+
+Strategies:
+- `per_step` (the paper's, the recipe's): N rollouts from every prefix but the whole; labels and
+  soft values as measured, step by step, even when not monotone (good, bad, good).
+- `first_error`: for a candidate whose own answer is wrong, a binary search for the first bad
+  step. The bracket starts at prefix 0 (the question: good) and prefix L (the whole: bad by its
+  answer) and halves each round: at most ceil(log2 L) prefixes rolled out. Steps up to the last
+  good prefix are good, from the first bad one on bad; evaluated steps keep their measured
+  values, the others get source `search` and no soft value (none was measured).
+  - Unknown (a probe with no valid rollout) ends the search: the steps strictly inside the
+    bracket are unknown (the probe keeps its counts), those outside keep their labels. Rollouts
+    that all fail tend to fail again (a prefix that makes the model ramble to max_tokens), and a
+    retry would need fresh seeds and more rounds; the training formats drop such a row.
+  - Non-monotone results: every probe lies strictly inside the bracket, so the probes seen are
+    always consistent (each good one before each bad one) and a non-monotone pattern goes
+    unnoticed. The search finds *a* good→bad transition, the one its probes bracket, not
+    necessarily the first: with prefix 2 bad, 3–5 good and 6 bad it may report step 6. Its labels
+    are monotone by construction and mean "the search placed the first error here"; `per_step`
+    keeps the raw, possibly non-monotone labels.
+  - Without the witness rule a candidate whose answer is right has no bad end to bracket: it is
+    rolled out from every prefix, as `per_step` does.
+
+The witness rule (both strategies, on by default): a candidate whose own final answer is right
+shows that each of its prefixes can reach the answer, so it needs no rollouts: every step is good,
+source `witness`, no soft value. Turn it off for soft values on every step.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Protocol
 
 from mshep.answers import answers_match
-from mshep.backends.base import Completion
-from mshep.parsing import ParseFailure, extract_final_answer, parse_json_solution
-from mshep.records import (
-    Hard,
-    LabelledSolution,
-    LabelSource,
-    Rollout,
-    RolloutStatus,
-    Solution,
-    StepLabel,
-    Usage,
-)
+from mshep.records import Hard, LabelledSolution, LabelSource, Rollout, Solution, StepLabel, Usage
 
 
 @dataclass(frozen=True)
@@ -61,8 +76,9 @@ class SolutionState:
     def num_steps(self) -> int:
         return len(self.target.solution.steps)
 
-    @property
+    @cached_property
     def final_answer_correct(self) -> bool:
+        # Cached: strategies ask every round, and a symbolic comparison is not free.
         return answers_match(self.target.solution.answer, self.target.golden_answer)
 
 
@@ -70,6 +86,7 @@ class Strategy(Protocol):
     """Which prefixes to roll out next, and how to turn what came back into labels."""
 
     name: str
+    witness: bool
 
     def next_prefixes(self, state: SolutionState) -> list[int]: ...
 
@@ -100,27 +117,115 @@ def label_final_step(state: SolutionState) -> StepLabel:
     )
 
 
+def witness_labels(state: SolutionState) -> list[StepLabel]:
+    """Every step good on the evidence of the solution's own right answer; nothing measured."""
+    return [StepLabel(hard=Hard.GOOD, source=LabelSource.WITNESS) for _ in range(state.num_steps)]
+
+
+def every_prefix(state: SolutionState) -> list[int]:
+    return [k for k in range(1, state.num_steps) if k not in state.rollouts]
+
+
+def measured_labels(state: SolutionState) -> list[StepLabel]:
+    """Rollout labels of every prefix but the whole, then the final answer's."""
+    labels = [label_from_rollouts(state.rollouts[k], state.n) for k in range(1, state.num_steps)]
+    return [*labels, label_final_step(state)]
+
+
 class PerStep:
     """The paper's and the recipe's estimation: N rollouts from every prefix but the whole."""
 
     name = "per_step"
 
+    def __init__(self, witness: bool = True) -> None:
+        self.witness = witness
+
     def next_prefixes(self, state: SolutionState) -> list[int]:
-        return [k for k in range(1, state.num_steps) if k not in state.rollouts]
+        if self.witness and state.final_answer_correct:
+            return []
+        return every_prefix(state)
 
     def decide(self, state: SolutionState) -> list[StepLabel]:
-        labels = [
-            label_from_rollouts(state.rollouts[k], state.n) for k in range(1, state.num_steps)
-        ]
-        return [*labels, label_final_step(state)]
+        if self.witness and state.final_answer_correct:
+            return witness_labels(state)
+        return measured_labels(state)
 
 
-STRATEGIES: dict[str, type[Strategy]] = {"per_step": PerStep}
+@dataclass(frozen=True)
+class Bracket:
+    """Where a first-error search stands: prefix `good` reaches the answer, prefix `bad` does not
+    (0 and L before any probe); `unknown` is the probe with no valid rollout that ended it."""
+
+    good: int
+    bad: int
+    unknown: int | None = None
+
+    @property
+    def probe(self) -> int | None:
+        """The prefix to roll out next, None when the search is over."""
+        if self.unknown is not None or self.bad - self.good <= 1:
+            return None
+        return (self.good + self.bad) // 2
+
+    def hard(self, k: int) -> Hard:
+        return Hard.GOOD if k <= self.good else Hard.BAD if k >= self.bad else Hard.UNKNOWN
 
 
-def make_strategy(name: str) -> Strategy:
+def search_bracket(state: SolutionState) -> Bracket:
+    """Replay the binary search over the prefixes answered so far. Stateless, so one strategy
+    object serves every solution, and the same rollouts always give the same bracket."""
+    bracket = Bracket(good=0, bad=state.num_steps)
+    while (probe := bracket.probe) is not None and probe in state.rollouts:
+        hard = label_from_rollouts(state.rollouts[probe], state.n).hard
+        if hard is Hard.GOOD:
+            bracket = Bracket(good=probe, bad=bracket.bad)
+        elif hard is Hard.BAD:
+            bracket = Bracket(good=bracket.good, bad=probe)
+        else:
+            bracket = Bracket(good=bracket.good, bad=bracket.bad, unknown=probe)
+    return bracket
+
+
+def searched_labels(state: SolutionState, bracket: Bracket) -> list[StepLabel]:
+    """Bracketed labels; measured values where a prefix was rolled out, none invented elsewhere."""
+    labels = []
+    for k in range(1, state.num_steps):
+        if k in state.rollouts:
+            labels.append(label_from_rollouts(state.rollouts[k], state.n))
+        else:
+            labels.append(StepLabel(hard=bracket.hard(k), source=LabelSource.SEARCH))
+    return [*labels, label_final_step(state)]
+
+
+class FirstError:
+    """Binary search for the first bad step of each wrong candidate (see the module docstring)."""
+
+    name = "first_error"
+
+    def __init__(self, witness: bool = True) -> None:
+        self.witness = witness
+
+    def next_prefixes(self, state: SolutionState) -> list[int]:
+        if state.final_answer_correct:
+            return [] if self.witness else every_prefix(state)
+        probe = search_bracket(state).probe
+        return [] if probe is None else [probe]
+
+    def decide(self, state: SolutionState) -> list[StepLabel]:
+        if state.final_answer_correct:
+            return witness_labels(state) if self.witness else measured_labels(state)
+        return searched_labels(state, search_bracket(state))
+
+
+STRATEGIES: dict[str, type[PerStep] | type[FirstError]] = {
+    "per_step": PerStep,
+    "first_error": FirstError,
+}
+
+
+def make_strategy(name: str, witness: bool = True) -> Strategy:
     try:
-        return STRATEGIES[name]()
+        return STRATEGIES[name](witness=witness)
     except KeyError:
         raise ValueError(f"unknown strategy {name!r}; choose one of {sorted(STRATEGIES)}") from None
 
@@ -133,6 +238,7 @@ class Labeller:
         self.strategy = strategy
         self.rounds = 0
         self._asked: set[PrefixQuery] = set()
+        self._open: set[PrefixQuery] = set()
 
     def pending(self) -> list[PrefixQuery]:
         """The next round: every prefix some strategy still needs, not yet answered."""
@@ -141,9 +247,15 @@ class Labeller:
             for index, state in enumerate(self.states)
             for k in self.strategy.next_prefixes(state)
         ]
+        self._open.update(queries)
         if queries:
             self.rounds += 1
         return queries
+
+    @property
+    def prefixes_evaluated(self) -> int:
+        """(solution, prefix) pairs rolled out so far: N rollouts each."""
+        return len(self._asked)
 
     def submit(
         self, query: PrefixQuery, rollouts: Sequence[Rollout], usage: Usage | None = None
@@ -153,6 +265,10 @@ class Labeller:
         state = self.states[query.target]
         if not 1 <= query.prefix_len < state.num_steps:
             raise ValueError(f"prefix length {query.prefix_len} outside 1..{state.num_steps - 1}")
+        if query not in self._open:
+            # An unasked prefix could contradict a search's bracket: only answers are taken.
+            raise ValueError(f"prefix {query} was not asked for")
+        self._open.discard(query)
         self._asked.add(query)
         state.rollouts[query.prefix_len] = list(rollouts)
         if usage is not None:
@@ -178,25 +294,3 @@ class Labeller:
             )
             for s in self.states
         ]
-
-
-def read_rollout(completion: Completion, golden_answer: str, structured: bool = False) -> Rollout:
-    """One completer reply → a rollout; truncated, failed and unreadable ones are not valid."""
-    if completion.finish_reason == "error":
-        return Rollout(status=RolloutStatus.ERROR, detail="request failed")
-    if completion.finish_reason == "length":
-        # Even an answer seen in a cut-off reply may itself be cut ("18" of "1800"): not valid.
-        return Rollout(status=RolloutStatus.TRUNCATED, detail="stopped at max_tokens")
-    if structured:
-        parsed = parse_json_solution(completion.text)
-        answer: str | None = parsed.answer if parsed else None
-        reason = parsed.reason if isinstance(parsed, ParseFailure) else ""
-    else:
-        found = extract_final_answer(completion.text)
-        answer = found if isinstance(found, str) else None
-        reason = "" if isinstance(found, str) else found.reason
-    if answer is None:
-        return Rollout(status=RolloutStatus.UNPARSEABLE, detail=reason)
-    return Rollout(
-        status=RolloutStatus.OK, answer=answer, correct=answers_match(answer, golden_answer)
-    )

@@ -1,8 +1,9 @@
 """Pure, given a backend. The stages as functions over one shard: build every request, send them
 to the backend in one call (one per labelling round), read the replies into records.
 
-Nothing is dropped silently: a request or reply that yields no solution becomes a `Failure` with
-its reason, and the caller's summary counts it.
+Nothing is dropped silently: a request or reply that yields no solution, and a question the
+difficulty filter leaves out, becomes a `Failure` with its reason, and the caller's summary
+counts it.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from mshep.answers import answers_match
 from mshep.backends.base import Backend, Completion, GenerationRequest, GenerationResult
 from mshep.config import CompleterConfig, ModelStage
-from mshep.labelling import Labeller, LabelTarget, PrefixQuery, make_strategy, read_rollout
-from mshep.parsing import ParseFailure, parse_json_solution, parse_solution
+from mshep.labelling import Labeller, LabelTarget, PrefixQuery, make_strategy
+from mshep.parsing import ParseFailure, extract_final_answer, parse_json_solution, parse_solution
 from mshep.prompts import (
     ROLLOUT_SCHEMA,
     SOLUTION_SCHEMA,
@@ -22,7 +24,15 @@ from mshep.prompts import (
     generator_messages,
     response_format,
 )
-from mshep.records import Failure, LabelledSolution, Problem, Solution, Usage
+from mshep.records import (
+    Failure,
+    LabelledSolution,
+    Problem,
+    Rollout,
+    RolloutStatus,
+    Solution,
+    Usage,
+)
 
 
 def derive_seed(base: int, *parts: object) -> int:
@@ -86,6 +96,28 @@ def read_solution(
     return Solution(steps=parsed.steps, answer=parsed.answer, model=model, index=index, usage=usage)
 
 
+def read_rollout(completion: Completion, golden_answer: str, structured: bool = False) -> Rollout:
+    """One completer reply → a rollout; truncated, failed and unreadable ones are not valid."""
+    if completion.finish_reason == "error":
+        return Rollout(status=RolloutStatus.ERROR, detail="request failed")
+    if completion.finish_reason == "length":
+        # Even an answer seen in a cut-off reply may itself be cut ("18" of "1800"): not valid.
+        return Rollout(status=RolloutStatus.TRUNCATED, detail="stopped at max_tokens")
+    if structured:
+        parsed = parse_json_solution(completion.text)
+        answer: str | None = parsed.answer if parsed else None
+        reason = parsed.reason if isinstance(parsed, ParseFailure) else ""
+    else:
+        found = extract_final_answer(completion.text)
+        answer = found if isinstance(found, str) else None
+        reason = "" if isinstance(found, str) else found.reason
+    if answer is None:
+        return Rollout(status=RolloutStatus.UNPARSEABLE, detail=reason)
+    return Rollout(
+        status=RolloutStatus.OK, answer=answer, correct=answers_match(answer, golden_answer)
+    )
+
+
 @dataclass
 class Generated:
     solutions: dict[str, list[Solution]] = field(default_factory=dict)
@@ -147,6 +179,35 @@ class Labelled:
     solutions: list[LabelledSolution]
     usage: Usage
     rounds: int
+    failures: list[Failure] = field(default_factory=list)  # one per question left out
+    prefixes: int = 0  # (solution, prefix) pairs rolled out, N rollouts each
+
+
+FILTER_STAGE = "filter"
+ALL_RIGHT = "all candidates right"
+ALL_WRONG = "all candidates wrong"
+
+
+def filter_by_difficulty(targets: Sequence[LabelTarget]) -> tuple[list[LabelTarget], list[Failure]]:
+    """Leave out questions whose candidates are all right or all wrong by final answer: they
+    teach a PRM little and cost rollouts. A question with one candidate shows no contrast (with
+    M=1 every question would go), so it is kept."""
+    groups: dict[str, list[bool]] = {}
+    for target in targets:
+        right = answers_match(target.solution.answer, target.golden_answer)
+        groups.setdefault(target.problem_id, []).append(right)
+    failures = [
+        Failure(
+            stage=FILTER_STAGE,
+            reason=ALL_RIGHT if all(rights) else ALL_WRONG,
+            detail=f"{len(rights)} candidates",
+            problem_id=problem_id,
+        )
+        for problem_id, rights in groups.items()
+        if len(rights) > 1 and len(set(rights)) == 1
+    ]
+    dropped = {failure.problem_id for failure in failures}
+    return [t for t in targets if t.problem_id not in dropped], failures
 
 
 def _rollout_request(
@@ -172,8 +233,12 @@ def _rollout_request(
 def label_solutions(
     backend: Backend, targets: Sequence[LabelTarget], cfg: CompleterConfig
 ) -> Labelled:
-    """Drive the labeller round by round; each round is one backend call with every rollout."""
-    labeller = Labeller(targets, cfg.N, make_strategy(cfg.strategy))
+    """Drive the labeller round by round; each round is one backend call with every rollout of
+    the shard, so a first-error search over many candidates costs ~ceil(log2 L) calls."""
+    failures: list[Failure] = []
+    if cfg.difficulty_filter:
+        targets, failures = filter_by_difficulty(targets)
+    labeller = Labeller(targets, cfg.N, make_strategy(cfg.strategy, witness=cfg.witness))
     usage = Usage()
     while queries := labeller.pending():
         requests = [_rollout_request(targets[q.target], q, cfg) for q in queries]
@@ -182,4 +247,10 @@ def label_solutions(
             rollouts = [read_rollout(c, golden, cfg.structured_output) for c in result.completions]
             labeller.submit(query, rollouts, result.usage)
             usage += result.usage
-    return Labelled(solutions=labeller.results(cfg.model), usage=usage, rounds=labeller.rounds)
+    return Labelled(
+        solutions=labeller.results(cfg.model),
+        usage=usage,
+        rounds=labeller.rounds,
+        failures=failures,
+        prefixes=labeller.prefixes_evaluated,
+    )

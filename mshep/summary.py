@@ -1,14 +1,15 @@
 """Pure. What a run did: rows in and out, every row not labelled with its reason, label counts,
-requests and tokens per stage. Built from the small references the stage tasks return."""
+requests and tokens per stage, and what the labels cost (`QualityReport`). Built from the small
+references the stage tasks return and, for the report, the labelled solutions."""
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mshep.records import Failure, Hard, LabelledSolution, Usage
+from mshep.records import Failure, Hard, LabelledSolution, LabelSource, Usage
 
 
 class ShardRef(BaseModel):
@@ -31,6 +32,93 @@ class StageSummary(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     failures: dict[str, int] = Field(default_factory=dict)
+    reused_shards: int = Field(
+        default=0, description="Shards taken from an earlier run's cache; their usage is counted."
+    )
+
+
+COMPLETION_STAGE = "complete"
+
+
+class QualityReport(BaseModel):
+    """What labelling cost and what it gave: the figures for choosing a strategy and N."""
+
+    model_config = ConfigDict(extra="forbid")
+    solutions: int = 0
+    steps: int = 0
+    strategies: dict[str, int] = Field(default_factory=dict, description="Solutions by strategy.")
+    requests: dict[str, int] = Field(default_factory=dict, description="Requests per stage.")
+    completion_tokens: dict[str, int] = Field(
+        default_factory=dict, description="Completion tokens per stage."
+    )
+    prefixes_evaluated: int = Field(default=0, description="Step prefixes rolled out.")
+    rollouts_requested: int = Field(default=0, description="Rollouts asked for (N per prefix).")
+    labels_known: int = Field(default=0, description="Step labels that are good or bad.")
+    labels_per_1k_completion_tokens: float | None = Field(
+        default=None,
+        description="Known step labels per 1,000 completion tokens of the completion stage; "
+        "None when it spent none (every candidate witnessed).",
+    )
+    labels_per_1k_tokens_overall: float | None = Field(
+        default=None, description="The same per 1,000 completion tokens of every stage."
+    )
+    steps_by_source: dict[str, int] = Field(
+        default_factory=dict, description="witness / search / rollouts / final_answer."
+    )
+    unknown_share: float = Field(default=0.0, description="Share of step labels unknown.")
+    first_bad_step: dict[int, int] = Field(
+        default_factory=dict, description="Solutions by 1-based position of their first bad step."
+    )
+    no_bad_step: int = Field(default=0, description="Solutions with no step labelled bad.")
+
+    def lines(self) -> list[str]:
+        by_source = ", ".join(f"{k} {v}" for k, v in self.steps_by_source.items())
+        positions = ", ".join(f"{k}: {v}" for k, v in sorted(self.first_bad_step.items()))
+        return [
+            f"step labels {self.steps} ({self.unknown_share:.1%} unknown) by source: {by_source}",
+            f"rollouts {self.rollouts_requested} from {self.prefixes_evaluated} prefixes; "
+            f"labels per 1k completion tokens: {_per_1k(self.labels_per_1k_completion_tokens)} "
+            f"({COMPLETION_STAGE}), {_per_1k(self.labels_per_1k_tokens_overall)} (all stages)",
+            f"first bad step: {positions or '-'}; none {self.no_bad_step}",
+        ]
+
+
+def _per_1k(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _rate(labels: int, tokens: int) -> float | None:
+    return round(1000 * labels / tokens, 3) if tokens else None
+
+
+def quality_report(
+    labelled: Sequence[LabelledSolution], stages: Mapping[str, StageSummary]
+) -> QualityReport:
+    """The report of a run: `labelled` every labelled solution, `stages` the per-stage summaries
+    (the completion stage named "complete")."""
+    labels = [label for item in labelled for label in item.labels]
+    known = sum(1 for label in labels if label.hard is not Hard.UNKNOWN)
+    sources = Counter(label.source.value for label in labels)
+    firsts = Counter(item.first_bad_step for item in labelled)
+    complete = stages.get(COMPLETION_STAGE, StageSummary())
+    return QualityReport(
+        solutions=len(labelled),
+        steps=len(labels),
+        strategies=dict(Counter(item.strategy for item in labelled)),
+        requests={name: stage.requests for name, stage in stages.items()},
+        completion_tokens={name: stage.completion_tokens for name, stage in stages.items()},
+        prefixes_evaluated=sum(1 for label in labels if label.rollouts > 0),
+        rollouts_requested=sum(label.rollouts for label in labels),
+        labels_known=known,
+        labels_per_1k_completion_tokens=_rate(known, complete.completion_tokens),
+        labels_per_1k_tokens_overall=_rate(
+            known, sum(stage.completion_tokens for stage in stages.values())
+        ),
+        steps_by_source={source.value: sources.get(source.value, 0) for source in LabelSource},
+        unknown_share=round((len(labels) - known) / len(labels), 6) if labels else 0.0,
+        first_bad_step={k: v for k, v in firsts.items() if k is not None},
+        no_bad_step=firsts.get(None, 0),
+    )
 
 
 class RunSummary(BaseModel):
@@ -48,6 +136,7 @@ class RunSummary(BaseModel):
     labelling_rounds: int = 0
     outputs: dict[str, list[str]] = Field(default_factory=dict)
     wall_time_s: float = 0.0
+    quality: QualityReport | None = None
 
     def lines(self) -> list[str]:
         """A short human report for logs and the CLI."""
@@ -66,7 +155,10 @@ class RunSummary(BaseModel):
             out.append(
                 f"{name}: {stage.requests} requests, {stage.prompt_tokens} prompt + "
                 f"{stage.completion_tokens} completion tokens"
+                + (f" ({stage.reused_shards} shards reused)" if stage.reused_shards else "")
             )
+        if self.quality is not None:
+            out += self.quality.lines()
         out.append(f"wall time {self.wall_time_s:.1f} s")
         return out
 

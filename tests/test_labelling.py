@@ -2,13 +2,14 @@ import pytest
 
 from mshep.backends.base import Completion
 from mshep.labelling import (
+    FirstError,
     Labeller,
     PerStep,
     PrefixQuery,
     label_from_rollouts,
     make_strategy,
-    read_rollout,
 )
+from mshep.pipeline import read_rollout
 from mshep.records import Hard, LabelSource, Rollout, RolloutStatus
 from tests.helpers import make_target
 
@@ -53,7 +54,8 @@ def test_missing_rollouts_count_as_failed():
 
 
 def test_per_step_asks_every_prefix_but_the_whole_in_one_round():
-    labeller = Labeller([make_target(steps=4), make_target(steps=1, problem_id="q1")], 4, PerStep())
+    targets = [make_target(steps=4), make_target(steps=1, problem_id="q1")]
+    labeller = Labeller(targets, 4, PerStep(witness=False))
     queries = labeller.pending()
     assert queries == [PrefixQuery(0, 1), PrefixQuery(0, 2), PrefixQuery(0, 3)]
     for query in queries:
@@ -63,7 +65,7 @@ def test_per_step_asks_every_prefix_but_the_whole_in_one_round():
 
 
 def test_last_step_labelled_by_its_own_answer_without_rollouts():
-    labeller = Labeller([make_target(steps=2, answer="19", golden="18")], 4, PerStep())
+    labeller = Labeller([make_target(steps=2, answer="19", golden="18")], 4, PerStep(witness=False))
     for query in labeller.pending():
         labeller.submit(query, [OK_RIGHT] * 4)
     (result,) = labeller.results()
@@ -74,25 +76,71 @@ def test_last_step_labelled_by_its_own_answer_without_rollouts():
 
 
 def test_single_step_solution_needs_no_rollouts():
-    labeller = Labeller([make_target(steps=1, answer="$18.00")], 4, PerStep())
+    labeller = Labeller([make_target(steps=1, answer="$18.00")], 4, PerStep(witness=False))
     assert labeller.pending() == []
     (result,) = labeller.results()
     assert [label.hard for label in result.labels] == [Hard.GOOD]
 
 
 def test_results_refused_while_prefixes_pending():
-    labeller = Labeller([make_target(steps=3)], 2, PerStep())
+    labeller = Labeller([make_target(steps=3)], 2, PerStep(witness=False))
     with pytest.raises(RuntimeError, match="pending"):
         labeller.results()
 
 
 def test_submit_rejects_duplicates_and_out_of_range_prefixes():
-    labeller = Labeller([make_target(steps=3)], 2, PerStep())
+    labeller = Labeller([make_target(steps=3)], 2, PerStep(witness=False))
+    labeller.pending()
     labeller.submit(PrefixQuery(0, 1), [OK_RIGHT])
     with pytest.raises(ValueError, match="already"):
         labeller.submit(PrefixQuery(0, 1), [OK_RIGHT])
     with pytest.raises(ValueError, match="outside"):
         labeller.submit(PrefixQuery(0, 3), [OK_RIGHT])
+
+
+def test_submit_rejects_prefixes_not_asked_for():
+    # A first-error search asks for one prefix; an answer for another could break its bracket.
+    labeller = Labeller([make_target(steps=8, answer="7")], 2, FirstError())
+    assert labeller.pending() == [PrefixQuery(0, 4)]
+    with pytest.raises(ValueError, match="not asked"):
+        labeller.submit(PrefixQuery(0, 2), [OK_RIGHT])
+    labeller.submit(PrefixQuery(0, 4), [OK_RIGHT])
+    assert labeller.prefixes_evaluated == 1
+
+
+@pytest.mark.parametrize("strategy", [PerStep(), FirstError()])
+def test_witness_labels_a_right_candidate_without_rollouts(strategy):
+    labeller = Labeller([make_target(steps=5, answer="$18")], 4, strategy)
+    assert labeller.pending() == [] and labeller.done
+    (result,) = labeller.results()
+    assert [label.hard for label in result.labels] == [Hard.GOOD] * 5
+    assert {label.source for label in result.labels} == {LabelSource.WITNESS}
+    assert all(label.soft is None and label.rollouts == 0 for label in result.labels)
+    assert result.strategy == strategy.name
+
+
+def test_per_step_with_witness_still_rolls_out_every_prefix_of_a_wrong_candidate():
+    labeller = Labeller([make_target(steps=4, answer="7")], 4, PerStep())
+    assert [q.prefix_len for q in labeller.pending()] == [1, 2, 3]
+
+
+def test_without_witness_first_error_rolls_out_every_prefix_of_a_right_candidate():
+    labeller = Labeller([make_target(steps=4)], 2, FirstError(witness=False))
+    queries = labeller.pending()
+    assert [q.prefix_len for q in queries] == [1, 2, 3]
+    for query in queries:
+        labeller.submit(query, [OK_RIGHT, OK_WRONG])
+    (result,) = labeller.results()
+    assert [label.soft for label in result.labels] == [0.5, 0.5, 0.5, 1.0]
+    assert labeller.rounds == 1
+
+
+@pytest.mark.parametrize("witness", [True, False])
+def test_make_strategy_passes_the_witness_switch(witness):
+    for name in ("per_step", "first_error"):
+        strategy = make_strategy(name, witness=witness)
+        assert strategy.name == name
+        assert strategy.witness is witness
 
 
 def test_unknown_strategy_names_the_choices():

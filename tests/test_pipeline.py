@@ -3,8 +3,18 @@
 from mshep.backends.base import Completion, GenerationRequest
 from mshep.backends.fake import FakeBackend
 from mshep.config import CompleterConfig, GeneratorConfig
-from mshep.pipeline import derive_seed, generate_solutions, label_solutions, split_usage
-from mshep.records import Hard, Problem, Usage
+from mshep.labelling import LabelTarget
+from mshep.pipeline import (
+    ALL_RIGHT,
+    ALL_WRONG,
+    FILTER_STAGE,
+    derive_seed,
+    filter_by_difficulty,
+    generate_solutions,
+    label_solutions,
+    split_usage,
+)
+from mshep.records import Hard, LabelSource, Problem, Usage
 from tests.helpers import make_target, prefix_len_of
 
 PROBLEMS = [Problem(id=str(i), question=f"What is {i} + {i}?") for i in range(3)]
@@ -64,7 +74,9 @@ def test_labelling_sends_the_whole_shard_in_one_call_per_round():
         make_target(steps=5, answer="7", problem_id="b"),
     ]
     backend = FakeBackend(responder=rollout_responder({"a": 9, "b": 2}))
-    out = label_solutions(backend, targets, CompleterConfig(N=4))
+    out = label_solutions(
+        backend, targets, CompleterConfig(N=4, strategy="per_step", witness=False)
+    )
     assert len(backend.calls) == 1 and out.rounds == 1
     assert len(backend.requests) == 3 + 4
     a, b = out.solutions
@@ -79,3 +91,57 @@ def test_labelling_sends_the_whole_shard_in_one_call_per_round():
     assert b.first_bad_step == 3
     assert b.completion_usage.requests == 4
     assert out.usage.requests == 7
+
+
+def test_first_error_with_witness_asks_only_the_wrong_candidate_in_log_rounds():
+    targets = [
+        make_target(steps=4, problem_id="a"),
+        make_target(steps=5, answer="7", problem_id="b"),
+    ]
+    backend = FakeBackend(responder=rollout_responder({"a": 9, "b": 2}))
+    out = label_solutions(backend, targets, CompleterConfig(N=4))
+    assert [[r.tag for r in call] for call in backend.calls] == [
+        ["complete/b/0/2"],
+        ["complete/b/0/3"],
+    ]
+    a, b = out.solutions
+    assert {label.source for label in a.labels} == {LabelSource.WITNESS}
+    assert b.first_bad_step == 3
+    assert (out.rounds, out.prefixes, out.usage.requests) == (2, 2, 2)
+    assert b.completion_usage.requests == 2
+
+
+def candidates(problem_id: str, answers: list[str]) -> list[LabelTarget]:
+    return [
+        make_target(steps=3, answer=answer, problem_id=problem_id, index=index)
+        for index, answer in enumerate(answers)
+    ]
+
+
+def test_difficulty_filter_leaves_out_uniform_questions_with_one_failure_each():
+    targets = [
+        *candidates("easy", ["18", "$18", "18.0"]),
+        *candidates("hard", ["7", "9", "7"]),
+        *candidates("mixed", ["18", "7", "18"]),
+        *candidates("single", ["7"]),
+    ]
+    backend = FakeBackend(responder=lambda r: ["The answer is: 18"] * r.n)
+    out = label_solutions(backend, targets, CompleterConfig(N=2, difficulty_filter=True))
+    assert sorted({item.problem_id for item in out.solutions}) == ["mixed", "single"]
+    assert [(f.stage, f.reason, f.problem_id) for f in out.failures] == [
+        (FILTER_STAGE, ALL_RIGHT, "easy"),
+        (FILTER_STAGE, ALL_WRONG, "hard"),
+    ]
+    assert not any("/easy/" in r.tag or "/hard/" in r.tag for r in backend.requests)
+
+
+def test_difficulty_filter_keeps_single_candidate_questions_so_m1_is_not_emptied():
+    targets = [*candidates("a", ["18"]), *candidates("b", ["7"])]
+    kept, failures = filter_by_difficulty(targets)
+    assert kept == targets and failures == []
+
+
+def test_difficulty_filter_is_off_by_default():
+    targets = candidates("easy", ["18", "18"])
+    out = label_solutions(FakeBackend(), targets, CompleterConfig(N=2))
+    assert len(out.solutions) == 2 and out.failures == []

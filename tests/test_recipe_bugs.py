@@ -8,6 +8,9 @@ from mshep.pipeline import generate_solutions, label_solutions, split_usage
 from mshep.records import Hard, Problem, Usage
 from tests.helpers import make_target
 
+# The recipe's estimation (rollouts from every prefix, right candidates too): what bugs 2-4 and 9
+# were seen in. The default, first_error with the witness rule, asks no rollout of a right one.
+RECIPE = {"strategy": "per_step", "witness": False}
 PROBLEM = Problem(id="0", question="Janet has 9 eggs at $2 each. How much does she make?")
 
 
@@ -26,19 +29,21 @@ def test_bug_2_empty_or_failed_rollout_does_not_make_a_step_bad():
         Completion(text="Step 2: ... 9 * 2 =", finish_reason="length"),
         Completion(text="Step 2: 9 * 2 = 18. The answer is: 18"),
     ]
-    out = label_solutions(FakeBackend(replies), [make_target(steps=2)], CompleterConfig(N=4))
+    recipe = CompleterConfig(N=4, **RECIPE)
+    out = label_solutions(FakeBackend(replies), [make_target(steps=2)], recipe)
     first = out.solutions[0].labels[0]
     assert first.hard is Hard.GOOD and (first.valid, first.correct) == (1, 1)
 
     all_failed = [Completion(text=""), Completion(finish_reason="error")]
-    out = label_solutions(FakeBackend(all_failed), [make_target(steps=2)], CompleterConfig(N=2))
+    recipe = CompleterConfig(N=2, **RECIPE)
+    out = label_solutions(FakeBackend(all_failed), [make_target(steps=2)], recipe)
     assert out.solutions[0].labels[0].hard is Hard.UNKNOWN
     assert format_rows(out.solutions, "trl").dropped == {DROP_UNKNOWN: 1}
 
 
 def test_bug_3_fewer_than_n_rollouts_still_label_the_step():
     short = FakeBackend(responder=lambda r: ["The answer is: 5"])  # 1 reply where N=4 were asked
-    out = label_solutions(short, [make_target(steps=3)], CompleterConfig(N=4))
+    out = label_solutions(short, [make_target(steps=3)], CompleterConfig(N=4, **RECIPE))
     labels = out.solutions[0].labels
     assert [label.hard for label in labels] == [Hard.BAD, Hard.BAD, Hard.GOOD]
     assert (labels[0].valid, labels[0].rollouts) == (1, 4)
@@ -62,7 +67,9 @@ def test_bug_4_structured_output_is_parsed_and_labelled():
         solution=candidates.solutions["0"][0],
     )
     rollouts = FakeBackend(responder=lambda r: ['{"steps": ["9*2=18"], "answer": "18"}'] * r.n)
-    out = label_solutions(rollouts, [target], CompleterConfig(N=2, structured_output=True))
+    out = label_solutions(
+        rollouts, [target], CompleterConfig(N=2, structured_output=True, **RECIPE)
+    )
     assert rollouts.requests[0].response_format is not None
     assert [label.hard for label in out.solutions[0].labels] == [Hard.GOOD, Hard.GOOD]
 
@@ -114,6 +121,6 @@ def test_bug_8_default_max_tokens_fits_a_solution_and_truncation_is_reported():
 def test_bug_9_requests_of_a_shard_go_out_together_not_in_waves():
     targets = [make_target(steps=6, problem_id=str(i)) for i in range(20)]
     backend = FakeBackend(responder=lambda r: ["The answer is: 18"] * r.n)
-    label_solutions(backend, targets, CompleterConfig(N=4))
+    label_solutions(backend, targets, CompleterConfig(N=4, **RECIPE))
     assert len(backend.calls) == 1
     assert len(backend.calls[0]) == 20 * 5
