@@ -1,10 +1,10 @@
-"""Prefect: the mshep flow. One task per stage and shard, each thin: read a shard, call the
-library, write the shard, return a small `ShardRef`.
+"""Prefect: the mshep flow.
 
-    load → (golden ‖ generate) per shard → complete per shard → format + write
+    load → (golden ‖ generate) per shard → complete per shard → write → card (→ Hub)
 
-Task arguments are the config, paths and ids; backends are built inside the task that uses them,
-so nothing closes over a client and any task runner (threads, Ray) can run them.
+Task arguments are settings, paths and shard references; backends are built inside the task that
+uses them, so nothing closes over a client and any task runner (threads, Ray) can run them. The
+stage tasks and their cache keys are in `flows.stages`.
 """
 
 from __future__ import annotations
@@ -12,206 +12,32 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from prefect import Task, flow, get_run_logger, task
-from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect import Task, flow, get_run_logger
 from prefect.filesystems import RemoteFileSystem
 from prefect.futures import PrefectFuture
 
-from mshep.backends import make_backend
-from mshep.config import (
-    CompleterConfig,
-    HttpBackendConfig,
-    ModelStage,
-    RunConfig,
-    VllmBackendConfig,
+from flows.stages import (
+    complete_task,
+    generate_task,
+    load_task,
+    push_task,
+    settings,
+    shard_path,
+    stage_keys,
+    work_dir,
+    write_task,
 )
+from mshep.card import dataset_card
+from mshep.config import RunConfig
 from mshep.errors import MshepError
-from mshep.formats import format_rows
-from mshep.io import (
-    digest,
-    exists,
-    load_problems,
-    read_records,
-    records_text,
-    write_dataset,
-    write_json,
-    write_records,
-)
-from mshep.labelling import LabelTarget
-from mshep.pipeline import generate_solutions, label_solutions
-from mshep.records import Failure, KeyedSolution, LabelledSolution, Problem, Solution
-from mshep.summary import RunSummary, ShardRef, count_reasons, label_counts, stage_summary
+from mshep.hub import hub_token
+from mshep.io import exists, write_json, write_text
+from mshep.records import Failure
+from mshep.summary import RunSummary, ShardRef, StageSummary, count_reasons, stage_summary
 
-M = TypeVar("M", bound=ModelStage)
-
-
-def fingerprint(*parts: Any) -> str:
-    """A short, stable key of the settings a stage's output depends on."""
-    text = "|".join(
-        p.model_dump_json() if hasattr(p, "model_dump_json") else repr(p) for p in parts
-    )
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def settings(stage: M) -> M:
-    """What a stage's output depends on: model, sampling, prompts, M/N, strategy. Not where or
-    how the model is served (URL, concurrency, timeouts, retries, token variable): moving a run
-    to another server, or raising its concurrency, keeps every finished shard."""
-    return stage.model_copy(update={"backend": None})
-
-
-def stage_keys(config: RunConfig) -> dict[str, str]:
-    """Each stage's key covers its own settings and those of the stages it reads."""
-    load = fingerprint(config.dataset, config.golden.source, config.execution.shard_size)
-    golden = fingerprint(load, settings(config.golden))
-    generate = fingerprint(load, settings(config.generator))
-    reads = golden if config.golden.source == "model" else "reference"
-    complete = fingerprint(reads, generate, settings(config.completer))
-    return {"load": load, "golden": golden, "generate": generate, "complete": complete}
-
-
-def work_dir(config: RunConfig) -> str:
-    return f"{config.output.path.rstrip('/')}/.work"
-
-
-def shard_path(config: RunConfig, stage: str, problems: ShardRef) -> str:
-    """Where a stage writes a shard: keyed by the stage's settings and the shard's questions, so
-    runs with other settings or other data never overwrite what this one may resume from."""
-    key = stage_keys(config)[stage]
-    return (
-        f"{work_dir(config)}/{stage}-{key}/shard-{problems.shard:05d}-{problems.digest[:12]}.jsonl"
-    )
-
-
-@task(name="load-questions")
-def load_task(config: RunConfig) -> tuple[int, list[ShardRef], list[Failure]]:
-    """Not cached: the input is read fresh each run; shards whose questions did not change keep
-    their paths and digests, so their downstream tasks hit the cache."""
-    loaded = load_problems(config.dataset, need_reference=config.golden.source == "reference")
-    size = config.execution.shard_size
-    refs = []
-    for shard, start in enumerate(range(0, len(loaded.problems), size)):
-        text = records_text(loaded.problems[start : start + size])
-        key, sha = stage_keys(config)["load"], digest(text)
-        path = f"{work_dir(config)}/load-{key}/shard-{shard:05d}-{sha[:12]}.jsonl"
-        write_records(path, text)
-        count = len(loaded.problems[start : start + size])
-        refs.append(ShardRef(stage="load", shard=shard, path=path, digest=sha, problems=count))
-    return loaded.rows_in, refs, loaded.rejected
-
-
-# The cache key of a stage task: its inputs (settings, input shard references with their
-# digests, output path) and its source; not the run id (DESIGN.md), not the backend.
-SHARD_CACHE = (INPUTS - "backend") + TASK_SOURCE
-
-
-@task(name="generate", cache_policy=SHARD_CACHE, persist_result=True)
-def generate_task(
-    name: str,
-    stage: ModelStage,
-    m: int,
-    problems_ref: ShardRef,
-    out: str,
-    backend: HttpBackendConfig | VllmBackendConfig,
-) -> ShardRef:
-    """M solutions per question of one shard (M=1 for golden solutions)."""
-    problems = read_records(problems_ref.path, Problem)
-    with make_backend(backend, stage.model) as client:
-        result = generate_solutions(client, problems, stage, m, name)
-    keyed = [
-        KeyedSolution(problem_id=p.id, solution=s) for p in problems for s in result.solutions[p.id]
-    ]
-    return ShardRef(
-        stage=name,
-        shard=problems_ref.shard,
-        path=out,
-        digest=write_records(out, keyed),
-        problems=len(problems),
-        items=len(keyed),
-        failures=result.failures,
-        usage=result.usage,
-    )
-
-
-def _golden_answers(problems: list[Problem], golden_ref: ShardRef | None) -> dict[str, str]:
-    if golden_ref is None:
-        return {p.id: p.reference_answer for p in problems if p.reference_answer is not None}
-    return {k.problem_id: k.solution.answer for k in read_records(golden_ref.path, KeyedSolution)}
-
-
-def _targets(
-    problems: list[Problem], golden: dict[str, str], generated_ref: ShardRef
-) -> tuple[list[LabelTarget], list[Failure]]:
-    by_problem: dict[str, list[Solution]] = {}
-    for keyed in read_records(generated_ref.path, KeyedSolution):
-        by_problem.setdefault(keyed.problem_id, []).append(keyed.solution)
-    targets, unlabelled = [], []
-    for problem in problems:
-        solutions = by_problem.get(problem.id, [])
-        if problem.id not in golden:
-            unlabelled.append(
-                Failure(stage="golden", reason="no golden answer", problem_id=problem.id)
-            )
-        elif not solutions:
-            unlabelled.append(
-                Failure(
-                    stage="generate",
-                    reason="no candidate solution could be read",
-                    problem_id=problem.id,
-                )
-            )
-        else:
-            targets += [
-                LabelTarget(problem.id, problem.question, golden[problem.id], s) for s in solutions
-            ]
-    return targets, unlabelled
-
-
-@task(name="complete", cache_policy=SHARD_CACHE, persist_result=True)
-def complete_task(
-    completer: CompleterConfig,
-    problems_ref: ShardRef,
-    golden_ref: ShardRef | None,
-    generated_ref: ShardRef,
-    out: str,
-    backend: HttpBackendConfig | VllmBackendConfig,
-) -> ShardRef:
-    """Label every candidate of one shard, round by round, one backend call per round."""
-    problems = read_records(problems_ref.path, Problem)
-    targets, unlabelled = _targets(problems, _golden_answers(problems, golden_ref), generated_ref)
-    with make_backend(backend, completer.model) as client:
-        result = label_solutions(client, targets, completer)
-    # `failures` here are per problem: exactly one for each problem left without a label.
-    return ShardRef(
-        stage="complete",
-        shard=problems_ref.shard,
-        path=out,
-        digest=write_records(out, result.solutions),
-        problems=len(problems),
-        items=len(result.solutions),
-        failures=unlabelled,
-        usage=result.usage,
-        rounds=result.rounds,
-    )
-
-
-@task(name="write-outputs")
-def write_task(config: RunConfig, complete_refs: list[ShardRef]) -> dict[str, Any]:
-    labelled = [item for ref in complete_refs for item in read_records(ref.path, LabelledSolution)]
-    written: dict[str, Any] = {"outputs": {}, "rows_out": {}, "rows_dropped": {}}
-    for name in config.output.formats:
-        out = format_rows(labelled, name)
-        directory = f"{config.output.path.rstrip('/')}/{name}"
-        written["outputs"][name] = (
-            write_dataset(out.rows, directory, config.output) if out.rows else []
-        )
-        written["rows_out"][name] = len(out.rows)
-        written["rows_dropped"][name] = dict(out.dropped)
-    written["labels"] = label_counts(labelled)
-    written["problems_labelled"] = len({item.problem_id for item in labelled})
-    return written
+__all__ = ["build_task_runner", "mshep_flow", "run_flow", "stage_keys"]
 
 
 def result_storage(config: RunConfig) -> Path | str:
@@ -290,8 +116,21 @@ def reused(futures: list[PrefectFuture[ShardRef]]) -> int:
     return sum(1 for future in futures if future.state.name == "Cached")
 
 
+def _stages(refs: dict[str, list[ShardRef]], futures: StageFutures) -> dict[str, StageSummary]:
+    stages = {}
+    for name, stage_refs in refs.items():
+        if stage_refs:
+            stages[name] = stage_summary(stage_refs)
+            stages[name].reused_shards = reused(futures[name])
+    return stages
+
+
 def _summarise(
-    rows_in: int, rejected: list[Failure], refs: dict[str, list[ShardRef]], written: dict[str, Any]
+    rows_in: int,
+    rejected: list[Failure],
+    refs: dict[str, list[ShardRef]],
+    stages: dict[str, StageSummary],
+    written: dict[str, Any],
 ) -> RunSummary:
     unlabelled = [f for ref in refs["complete"] for f in ref.failures]
     summary = RunSummary(
@@ -305,7 +144,8 @@ def _summarise(
         rows_dropped=written["rows_dropped"],
         outputs=written["outputs"],
         labelling_rounds=max((ref.rounds for ref in refs["complete"]), default=0),
-        stages={name: stage_summary(stage_refs) for name, stage_refs in refs.items() if stage_refs},
+        stages=stages,
+        quality=written["quality"],
     )
     accounted = summary.rows_labelled + sum(summary.rows_not_labelled.values())
     if accounted != rows_in:  # a bug, not bad input: every row must land somewhere
@@ -318,25 +158,31 @@ def mshep_flow(config: RunConfig) -> dict[str, Any]:
     """Math-Shepherd PRM dataset: golden answers, M candidates, N rollouts per step, labels."""
     logger = get_run_logger()
     started = time.monotonic()
+    if config.output.push_to_hub:
+        hub_token(config.output)  # a missing token fails now, not after hours of GPU time
     rows_in, shards, rejected = load_task(config)
     for failure in rejected:
         logger.warning("row not used: %s (%s)", failure.reason, failure.detail)
     logger.info("%d rows in, %d usable, %d shards", rows_in, rows_in - len(rejected), len(shards))
     futures = _Submitter(config).submit(shards)
     refs = {name: [f.result() for f in stage] for name, stage in futures.items()}
-    for name, stage in futures.items():
-        if stage and (hits := reused(stage)):
-            logger.info("%s: %d of %d shards reused from an earlier run", name, hits, len(stage))
-    written = write_task(config, refs["complete"])
-    summary = _summarise(rows_in, rejected, refs, written)
+    stages = _stages(refs, futures)
+    written = write_task(config, refs["complete"], stages)
+    summary = _summarise(rows_in, rejected, refs, stages, written)
     summary.wall_time_s = round(time.monotonic() - started, 3)
-    write_json(f"{config.output.path.rstrip('/')}/summary.json", summary.model_dump())
+    output = config.output.path.rstrip("/")
+    write_json(f"{output}/summary.json", summary.model_dump())
     for line in summary.lines():
         logger.info(line)
     if summary.rows_labelled == 0:
         reasons = "; ".join(f"{n} × {why}" for why, n in summary.rows_not_labelled.items())
         raise MshepError(f"no row was labelled ({reasons}); nothing was written")
-    return summary.model_dump()
+    write_text(f"{output}/README.md", dataset_card(config, summary))
+    result = summary.model_dump()
+    if config.output.push_to_hub:
+        result["hub_url"] = push_task(config, summary)
+        logger.info("pushed to %s", result["hub_url"])
+    return result
 
 
 def build_task_runner(config: RunConfig) -> Any:

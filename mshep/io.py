@@ -224,3 +224,10 @@ def write_json(path: str, data: Any) -> None:
 
     with fsspec.open(path, "w", encoding="utf-8") as handle:
         json.dump(data, handle, indent=2, ensure_ascii=False, default=str)
+
+
+def write_text(path: str, text: str) -> None:
+    import fsspec
+
+    with fsspec.open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)

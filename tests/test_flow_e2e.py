@@ -137,3 +137,42 @@ def test_golden_from_a_strong_model(prefect_harness: None, gsm8k_test: Path, tmp
     assert strong_requests.get("generate") == 10 and not strong_requests.get("complete")
     assert len(truth) == 10
     assert all(answers_match(row["golden_answer"], truth[row["question"]]) for row in raw)
+
+
+def test_summary_has_the_quality_report(clean_run):
+    summary, _, _, raw = clean_run
+    quality = summary["quality"]
+    assert quality["solutions"] == len(raw) == QUESTIONS * 4
+    assert quality["strategies"] == {"first_error": QUESTIONS * 4}
+    witnessed = sum(1 for row in raw if set(row["label_sources"]) == {"witness"})
+    assert quality["steps_by_source"]["witness"] == sum(
+        len(row["steps"]) for row in raw if set(row["label_sources"]) == {"witness"}
+    )
+    assert 0 < witnessed < len(raw)
+    assert quality["labels_per_1k_completion_tokens"] > 0
+    assert sum(quality["first_bad_step"].values()) + quality["no_bad_step"] == len(raw)
+
+
+def test_difficulty_filter_drops_uniform_questions_and_counts_them(
+    prefect_harness: None, gsm8k_test: Path, tmp_path: Path
+):
+    from flows.prm import run_flow
+
+    with SimulatedMathModel(SimulatorConfig(), gsm8k_test) as sim:
+        config = RunConfig.model_validate(
+            {
+                "dataset": {"source": str(gsm8k_test), "limit": 20},
+                "generator": {"M": 4, "model": "sim"},
+                "completer": {"N": 2, "model": "sim", "difficulty_filter": True},
+                "backend": {"base_url": sim.base_url},
+                "output": {"path": str(tmp_path), "formats": ["raw"]},
+            }
+        )
+        summary = run_flow(config)
+    dropped = {k: v for k, v in summary["rows_not_labelled"].items() if k.startswith("filter: ")}
+    assert dropped.get("filter: all candidates right", 0) > 0
+    assert summary["rows_labelled"] + sum(dropped.values()) == 20
+    raw = load(tmp_path, "raw").to_list()
+    for problem in {row["problem_id"] for row in raw}:
+        answers = [row["hard_labels"][-1] for row in raw if row["problem_id"] == problem]
+        assert "good" in answers and "bad" in answers  # mixed: the questions worth labelling
