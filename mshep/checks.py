@@ -3,10 +3,13 @@ a misnamed column is one clear message instead of a failed run."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from mshep.backends import make_backend
 from mshep.config import ModelStage, RunConfig
-from mshep.errors import DatasetError
-from mshep.io import load_problems
+from mshep.errors import DatasetError, OutputError
+from mshep.io import load_problems, remove, write_text
 from mshep.summary import count_reasons
 
 
@@ -56,10 +59,38 @@ def check_dataset(config: RunConfig) -> str:
     return "\n".join(lines)
 
 
+def check_output(config: RunConfig) -> str:
+    """The output can be written (a bucket that is missing or refuses the keys fails here, not
+    after the first stage), and a Hub push has its token."""
+    from mshep.hub import hub_token
+
+    path = config.output.path.rstrip("/")
+    if "://" in path:
+        probe = f"{path}/.work/.write-check"
+        try:  # the only sure test of a bucket and its keys is a write
+            write_text(probe, "mshep\n")
+            remove(probe)
+        except Exception as error:  # fsspec and its backends raise many types
+            raise OutputError(f"cannot write to output.path {path!r}: {error}") from None
+    else:
+        parent = Path(path).absolute()
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise OutputError(f"cannot write to output.path {path!r}: {parent} is not writable")
+    line = f"output {path}: writable"
+    if config.output.push_to_hub:
+        hub_token(config.output)
+        visibility = "private" if config.output.private else "public"
+        line += f"; push to Hub dataset {config.output.push_to_hub} ({visibility}), token found"
+    return line
+
+
 def preflight(config: RunConfig) -> str:
     """A short report of what will run; raises a `MshepError` naming the first problem found."""
     lines = check_backends(config)
     lines.append(check_dataset(config))
+    lines.append(check_output(config))
     lines.append(
         f"M={config.generator.M}, N={config.completer.N}, strategy={config.completer.strategy}, "
         f"golden from {config.golden.source}, output {config.output.path}"

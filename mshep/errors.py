@@ -24,3 +24,7 @@ class MissingToken(MshepError):
 
 class MissingDependency(MshepError):
     """An optional extra is needed: the message says which to install."""
+
+
+class OutputError(MshepError):
+    """The output path cannot be written."""

@@ -231,3 +231,10 @@ def write_text(path: str, text: str) -> None:
 
     with fsspec.open(path, "w", encoding="utf-8") as handle:
         handle.write(text)
+
+
+def remove(path: str) -> None:
+    import fsspec
+
+    fs, _, (target,) = fsspec.get_fs_token_paths(path)
+    fs.rm(target)

@@ -33,8 +33,11 @@ S3_SECRET = "s3-secret-9f4e2b7c1d"
 def s3_server() -> Iterator[dict[str, str]]:
     """A real S3 API (moto server on 127.0.0.1) with a bucket `mshep`; yields the environment a
     process needs to reach it (also set in this process while the session lasts)."""
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

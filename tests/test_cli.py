@@ -384,3 +384,88 @@ def test_run_labels_the_good_rows_and_accounts_for_the_bad(
     assert summary["solutions_generated"] == 8 * 2
     assert (output / "trl" / "data.parquet").exists()
     assert json.loads((output / "summary.json").read_text())["rows_in"] == 10
+
+
+# --- the output and the Hub push, checked before anything runs ----------------------------
+
+
+def test_check_writes_a_probe_to_an_s3_output_and_removes_it(
+    capsys: pytest.CaptureFixture[str], sim: SimulatedMathModel, s3_server: dict[str, str]
+) -> None:
+    import fsspec
+
+    code, _, err = check(capsys, sim, "--dataset", str(GSM8K), "--output", "s3://mshep/checked")
+    assert code == 0, err
+    assert "output s3://mshep/checked: writable" in err
+    fs = fsspec.filesystem("s3")
+    fs.invalidate_cache()
+    assert not fs.exists("mshep/checked/.work/.write-check")
+
+
+def test_an_unreachable_s3_endpoint_is_named_before_the_run(
+    capsys: pytest.CaptureFixture[str],
+    sim: SimulatedMathModel,
+    s3_server: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    from s3fs import S3FileSystem
+
+    S3FileSystem.clear_instance_cache()  # fsspec keeps one per settings; the env is read anew
+    try:
+        code, _, err = check(capsys, sim, "--dataset", str(GSM8K), "--output", "s3://mshep/x")
+    finally:
+        S3FileSystem.clear_instance_cache()
+    assert code == 1
+    assert err.startswith("error: cannot write to output.path 's3://mshep/x'")
+
+
+def test_an_unwritable_local_output_is_named(
+    capsys: pytest.CaptureFixture[str], sim: SimulatedMathModel, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    code, _, err = check(capsys, sim, "--dataset", str(GSM8K), "--output", str(blocker / "out"))
+    assert code == 1 and "cannot write to output.path" in err and "a-file" in err
+
+
+def test_a_hub_push_without_a_token_fails_before_the_run(
+    capsys: pytest.CaptureFixture[str],
+    sim: SimulatedMathModel,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("MSHEP_HUB_TOKEN", raising=False)
+    code, _, err = check(
+        capsys,
+        sim,
+        "--dataset",
+        str(GSM8K),
+        "--output",
+        str(tmp_path),
+        "--set",
+        "output.push_to_hub=team/prm",
+        "--set",
+        "output.hub_token_env=MSHEP_HUB_TOKEN",
+    )
+    assert code == 1
+    assert "MSHEP_HUB_TOKEN" in err and "output.hub_token_env" in err
+    monkeypatch.setenv("MSHEP_HUB_TOKEN", "hf_x")
+    code, _, err = check(
+        capsys,
+        sim,
+        "--dataset",
+        str(GSM8K),
+        "--output",
+        str(tmp_path),
+        "--set",
+        "output.push_to_hub=team/prm",
+        "--set",
+        "output.hub_token_env=MSHEP_HUB_TOKEN",
+    )
+    assert code == 0 and "push to Hub dataset team/prm (private), token found" in err
+    assert "hf_x" not in err
