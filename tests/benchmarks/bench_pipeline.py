@@ -63,6 +63,8 @@ def main() -> None:
     parser.add_argument("-M", type=int, default=4)
     parser.add_argument("-N", type=int, default=4)
     parser.add_argument("--shard-size", type=int, default=25)
+    parser.add_argument("--strategy", choices=["first_error", "per_step"], default="first_error")
+    parser.add_argument("--no-witness", action="store_true", help="roll out right candidates too")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--slots", type=int, default=64)
     parser.add_argument("--per-token-s", type=float, default=0.005)
@@ -83,7 +85,12 @@ def main() -> None:
                 {
                     "dataset": {"source": str(DATA), "limit": args.questions},
                     "generator": {"M": args.M, "model": "sim"},
-                    "completer": {"N": args.N, "model": "sim"},
+                    "completer": {
+                        "N": args.N,
+                        "model": "sim",
+                        "strategy": args.strategy,
+                        "witness": not args.no_witness,
+                    },
                     "backend": {"base_url": base_url, "concurrency": args.concurrency},
                     "output": {"path": out},
                     "execution": {"shard_size": args.shard_size},
