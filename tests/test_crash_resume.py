@@ -59,9 +59,22 @@ def finish(process: subprocess.Popen[bytes], log: Path) -> None:
 
 
 def shards_done(fs: Any, prefix: str, stage: str) -> set[int]:
+    """Shards a stage finished: their task's result is persisted (under its cache key). A shard
+    whose data file is written but whose task had not returned when killed is still in flight:
+    the next run does it again."""
+    from prefect.results import ResultRecord
+
     fs.invalidate_cache()
-    files = fs.glob(f"{prefix}/.work/{stage}-*/shard-*.jsonl")
-    return {int(Path(name).name.split("-")[1]) for name in files}
+    done = set()
+    for name in fs.find(f"{prefix.removeprefix('s3://')}/.work/results"):
+        try:
+            ref: Any = ResultRecord.deserialize(fs.cat(name)).result
+        except Exception:  # a record being written at the kill: not finished
+            continue
+        if getattr(ref, "stage", None) == stage:
+            assert fs.exists(ref.path)
+            done.add(ref.shard)
+    return done
 
 
 def questions_by_shard(fs: Any, prefix: str) -> dict[int, list[str]]:
