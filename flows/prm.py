@@ -31,7 +31,7 @@ from flows.stages import (
 )
 from mshep.card import dataset_card
 from mshep.config import RunConfig
-from mshep.errors import MshepError
+from mshep.errors import ConfigError, MshepError
 from mshep.hub import hub_token
 from mshep.io import exists, write_json, write_text
 from mshep.records import Failure
@@ -188,8 +188,15 @@ def mshep_flow(config: RunConfig) -> dict[str, Any]:
 def build_task_runner(config: RunConfig) -> Any:
     """Threads by default; a Ray cluster (prefect-ray) when `execution.task_runner` is 'ray'."""
     if config.execution.task_runner == "ray":
+        from prefect.settings import PREFECT_API_URL
         from prefect_ray import RayTaskRunner
 
+        if not PREFECT_API_URL.value():
+            # Without one every Ray worker starts its own temporary Prefect server (DESIGN.md).
+            raise ConfigError(
+                "execution.task_runner 'ray' needs a Prefect server every Ray worker can reach: "
+                "start one (`prefect server start`) and set PREFECT_API_URL"
+            )
         return RayTaskRunner(
             address=config.execution.ray_address, init_kwargs={"include_dashboard": False}
         )
