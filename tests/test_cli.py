@@ -439,33 +439,13 @@ def test_a_hub_push_without_a_token_fails_before_the_run(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.delenv("MSHEP_HUB_TOKEN", raising=False)
-    code, _, err = check(
-        capsys,
-        sim,
-        "--dataset",
-        str(GSM8K),
-        "--output",
-        str(tmp_path),
-        "--set",
-        "output.push_to_hub=team/prm",
-        "--set",
-        "output.hub_token_env=MSHEP_HUB_TOKEN",
-    )
+    push = ("--set", "output.push_to_hub=team/prm", "--set", "output.hub_token_env=MSHEP_HUB")
+    argv = ("--dataset", str(GSM8K), "--output", str(tmp_path), *push)
+    monkeypatch.delenv("MSHEP_HUB", raising=False)
+    code, _, err = check(capsys, sim, *argv)
     assert code == 1
-    assert "MSHEP_HUB_TOKEN" in err and "output.hub_token_env" in err
-    monkeypatch.setenv("MSHEP_HUB_TOKEN", "hf_x")
-    code, _, err = check(
-        capsys,
-        sim,
-        "--dataset",
-        str(GSM8K),
-        "--output",
-        str(tmp_path),
-        "--set",
-        "output.push_to_hub=team/prm",
-        "--set",
-        "output.hub_token_env=MSHEP_HUB_TOKEN",
-    )
+    assert "MSHEP_HUB" in err and "output.hub_token_env" in err
+    monkeypatch.setenv("MSHEP_HUB", "hf_x")
+    code, _, err = check(capsys, sim, *argv)
     assert code == 0 and "push to Hub dataset team/prm (private), token found" in err
     assert "hf_x" not in err
