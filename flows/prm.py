@@ -67,11 +67,9 @@ class _Submitter:
     def __init__(self, config: RunConfig) -> None:
         self.config = config
         self.storage = result_storage(config)
-        self.refreshed = 0
 
     def options(self, stage: Task[..., ShardRef], out: str) -> Task[..., ShardRef]:
         refresh = not self.config.execution.cache or not exists(out)
-        self.refreshed += refresh
         return stage.with_options(result_storage=self.storage, refresh_cache=refresh)
 
     def submit(self, shards: list[ShardRef]) -> StageFutures:
@@ -81,7 +79,7 @@ class _Submitter:
         for ref in shards:
             golden = None
             if config.golden.source == "model":
-                out = shard_path(config, "golden", ref)
+                out = shard_path(config, "golden", ref.shard, ref.digest)
                 golden = self.options(generate_task, out).submit(
                     "golden",
                     settings(config.golden),
@@ -91,7 +89,7 @@ class _Submitter:
                     config.backend_for(config.golden),
                 )
                 futures["golden"].append(golden)
-            out = shard_path(config, "generate", ref)
+            out = shard_path(config, "generate", ref.shard, ref.digest)
             generated = self.options(generate_task, out).submit(
                 "generate",
                 settings(config.generator),
@@ -101,7 +99,7 @@ class _Submitter:
                 config.backend_for(config.generator),
             )
             futures["generate"].append(generated)
-            out = shard_path(config, "complete", ref)
+            out = shard_path(config, "complete", ref.shard, ref.digest)
             backend = config.backend_for(config.completer)
             # Futures as arguments: Prefect waits for them and passes their results.
             completed = self.options(complete_task, out).submit(

@@ -70,13 +70,11 @@ def work_dir(config: RunConfig) -> str:
     return f"{config.output.path.rstrip('/')}/.work"
 
 
-def shard_path(config: RunConfig, stage: str, problems: ShardRef) -> str:
+def shard_path(config: RunConfig, stage: str, shard: int, questions_digest: str) -> str:
     """Where a stage writes a shard: keyed by the stage's settings and the shard's questions, so
     runs with other settings or other data never overwrite what this one may resume from."""
     key = stage_keys(config)[stage]
-    return (
-        f"{work_dir(config)}/{stage}-{key}/shard-{problems.shard:05d}-{problems.digest[:12]}.jsonl"
-    )
+    return f"{work_dir(config)}/{stage}-{key}/shard-{shard:05d}-{questions_digest[:12]}.jsonl"
 
 
 @task(name="load-questions")
@@ -87,12 +85,14 @@ def load_task(config: RunConfig) -> tuple[int, list[ShardRef], list[Failure]]:
     size = config.execution.shard_size
     refs = []
     for shard, start in enumerate(range(0, len(loaded.problems), size)):
-        text = records_text(loaded.problems[start : start + size])
-        key, sha = stage_keys(config)["load"], digest(text)
-        path = f"{work_dir(config)}/load-{key}/shard-{shard:05d}-{sha[:12]}.jsonl"
+        problems = loaded.problems[start : start + size]
+        text = records_text(problems)
+        sha = digest(text)
+        path = shard_path(config, "load", shard, sha)
         write_records(path, text)
-        count = len(loaded.problems[start : start + size])
-        refs.append(ShardRef(stage="load", shard=shard, path=path, digest=sha, problems=count))
+        refs.append(
+            ShardRef(stage="load", shard=shard, path=path, digest=sha, problems=len(problems))
+        )
     return loaded.rows_in, refs, loaded.rejected
 
 

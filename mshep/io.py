@@ -220,10 +220,7 @@ def write_dataset(rows: list[dict[str, Any]], directory: str, output: OutputConf
 
 
 def write_json(path: str, data: Any) -> None:
-    import fsspec
-
-    with fsspec.open(path, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, ensure_ascii=False, default=str)
+    write_text(path, json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
 
 def write_text(path: str, text: str) -> None:
