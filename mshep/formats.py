@@ -9,6 +9,13 @@
 
 A step whose label is unknown is never written as good or bad: the training formats drop that row
 and count it; `raw` keeps it.
+
+`math_shepherd` marks where each step ends with the tag "ки" and nothing else, so a row is dropped
+and counted when its text would put a tag, or what TRL's Math-Shepherd converter takes for one,
+where no step ends: "ки" in the question (it is inside many Russian words: "кирпичиков") or in a
+step, TRL's stand-in "ⶻ" for the tag, or a second "Step 1:" before the first tag (the converter
+splits the question from the first step there). `trl` keeps the steps in a list, so it needs none
+of this.
 """
 
 from __future__ import annotations
@@ -26,8 +33,16 @@ FORMATS: tuple[FormatName, ...] = ("math_shepherd", "trl", "raw")
 STEP_TAG = "ки"
 TAG_FOR = {Hard.GOOD: "+", Hard.BAD: "-"}
 
+# What TRL's converter (trl/examples/datasets/math_shepherd.py) replaces the tag with, and where it
+# splits the question from the first step.
+TRL_PLACEHOLDER = "ⶻ"
+FIRST_STEP = "Step 1:"
+
 DROP_UNKNOWN = "a step's label is unknown (no valid rollout)"
 DROP_TAG_IN_STEP = f"a step contains the step tag {STEP_TAG!r}"
+DROP_TAG_IN_QUESTION = f"the question contains the step tag {STEP_TAG!r}"
+DROP_TRL_PLACEHOLDER = f"the text contains {TRL_PLACEHOLDER!r}, TRL's stand-in for the step tag"
+DROP_STEP_ONE_IN_PROMPT = f"{FIRST_STEP!r} appears in the question or again in the first step"
 
 
 @dataclass
@@ -40,12 +55,26 @@ def step_texts(item: LabelledSolution) -> list[str]:
     return [f"Step {k}: {step}" for k, step in enumerate(item.solution.steps, start=1)]
 
 
-def _why_not_trainable(item: LabelledSolution) -> str | None:
+def _why_not_tagged(item: LabelledSolution) -> str | None:
+    """Why the math_shepherd text of `item` would have a tag where no step ends, if it would."""
+    question, steps = item.question, item.solution.steps
+    if STEP_TAG in question:
+        return DROP_TAG_IN_QUESTION
+    if any(STEP_TAG in step for step in steps):
+        return DROP_TAG_IN_STEP
+    if TRL_PLACEHOLDER in question or any(TRL_PLACEHOLDER in step for step in steps):
+        return DROP_TRL_PLACEHOLDER
+    if FIRST_STEP in question or (steps and FIRST_STEP in steps[0]):
+        return DROP_STEP_ONE_IN_PROMPT
+    return None
+
+
+def _why_not_trainable(item: LabelledSolution, name: FormatName) -> str | None:
+    if name == "raw":
+        return None
     if item.has_unknown:
         return DROP_UNKNOWN
-    if any(STEP_TAG in step for step in item.solution.steps):
-        return DROP_TAG_IN_STEP
-    return None
+    return _why_not_tagged(item) if name == "math_shepherd" else None
 
 
 def to_math_shepherd_row(item: LabelledSolution) -> dict[str, Any]:
@@ -103,7 +132,7 @@ def format_rows(items: Iterable[LabelledSolution], name: FormatName) -> Formatte
     writer = _WRITERS[name]
     out = Formatted()
     for item in items:
-        reason = None if name == "raw" else _why_not_trainable(item)
+        reason = _why_not_trainable(item, name)
         if reason:
             out.dropped[reason] += 1
         else:

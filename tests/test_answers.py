@@ -189,3 +189,139 @@ def test_recipe_bug_1_exact_string_comparison() -> None:
 )
 def test_parse_number(text: str, expected: tuple[Fraction, bool] | None) -> None:
     assert parse_number(text) == expected
+
+
+# ---- issue 13: answers that real model output exposed -----------------------------------------
+
+
+def test_b1_matrix_row_breaks_survive_clean_up() -> None:
+    assert answers_match(
+        r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", r"\begin{pmatrix}1\\2\end{pmatrix}"
+    )
+    assert not answers_match("11", r"\begin{pmatrix} 11 \\ -36 \\ -3 \end{pmatrix}")
+
+
+@pytest.mark.parametrize(
+    ("candidate", "golden", "expected"),
+    [
+        ("1", r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", False),
+        (r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", "1", False),
+        (r"\begin{pmatrix} 1 \\ 3 \end{pmatrix}", r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", False),
+        (
+            r"\begin{pmatrix} 1 & 2 \\ 3 & 4 \end{pmatrix}",
+            r"\begin{pmatrix}1&2\\3&5\end{pmatrix}",
+            False,
+        ),
+        (r"\begin{bmatrix} 1 \\ 2 \end{bmatrix}", r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", True),
+        # `\rightarrow` is not `\right` followed by "arrow"
+        (r"\rightarrow", "arrow", False),
+        (r"\leftarrow", "arrow", False),
+    ],
+)
+def test_b1_relatives(candidate: str, golden: str, expected: bool) -> None:
+    assert answers_match(candidate, golden) is expected
+
+
+@pytest.mark.parametrize(
+    ("candidate", "golden"),
+    [
+        ("1 - x", "1"),
+        ("5/x", "5"),
+        ("5 x", "5"),
+        ("5 + x", "5"),
+        ("2 pi", "2"),
+        ("3 and x", "3"),
+        ("5 - 2", "5"),
+        ("2^3", "2"),
+        ("5!", "5"),
+    ],
+)
+def test_b2_an_operator_after_a_number_is_not_a_unit(candidate: str, golden: str) -> None:
+    assert not answers_match(candidate, golden)
+
+
+@pytest.mark.parametrize(
+    ("candidate", "golden"),
+    [("5 m/s", "5"), ("18 km/h", "18"), ("6 sq. ft", "6"), ("5 m", "5"), ("3 miles per hour", "3")],
+)
+def test_b2_units_still_follow_a_number(candidate: str, golden: str) -> None:
+    assert answers_match(candidate, golden)
+
+
+def test_b3_clock_time_is_not_its_hour() -> None:
+    assert not answers_match("4:45 p.m.", r"\text{4:30 p.m.}")
+
+
+@pytest.mark.parametrize(
+    ("candidate", "golden", "expected"),
+    [
+        ("4:30 p.m.", r"\text{4:30 p.m.}", True),
+        ("4:30 PM", "4:30 p.m.", True),
+        ("4:30pm", "16:30", True),
+        ("16:30", "4:30 p.m.", True),
+        ("4:30 a.m.", "4:30 p.m.", False),
+        ("4:30", "4:30 p.m.", True),  # no meridiem: the clock face must agree
+        ("4:30", "4:45", False),
+        ("4 p.m.", "4:00 p.m.", True),
+        ("4 p.m.", "4", True),
+        ("4:45 p.m.", "4", False),
+        ("4:45", "4", False),
+        ("12:00 a.m.", "0:00", True),
+        ("12:30 p.m.", "12:30", True),
+        ("4:45 p.m.", "5", False),
+    ],
+)
+def test_b3_relatives_clock_times(candidate: str, golden: str, expected: bool) -> None:
+    assert answers_match(candidate, golden) is expected
+
+
+@pytest.mark.parametrize(
+    ("candidate", "golden"),
+    [
+        (r"166 \text{ cm}^2", "166"),
+        (r"166 \text {cm}", "166"),
+        (r"166\text{ cm}^{2}", "166"),
+        (r"166 \mathrm{cm}^2", "166"),
+        ("166 cm^2", "166"),
+        (r"\text{\textbf{yes}}", "yes"),
+    ],
+)
+def test_b10_text_with_a_space_and_units_with_exponents(candidate: str, golden: str) -> None:
+    assert answers_match(candidate, golden)
+
+
+@pytest.mark.parametrize(
+    ("candidate", "golden", "expected"),
+    [
+        ("0.00001", "1e-5", True),
+        ("1e-5", "0.00001", True),
+        ("1E5", "100000", True),
+        ("2.5e3", "2,500", True),
+        (r"1 \times 10^{-5}", "0.00001", True),
+        (r"3.2 \cdot 10^{4}", "32000", True),
+        ("1e-5", "1e-6", False),
+        ("2e", "2", False),  # Euler's number, not an exponent
+    ],
+)
+def test_b11_scientific_notation(candidate: str, golden: str, expected: bool) -> None:
+    assert answers_match(candidate, golden) is expected
+
+
+@pytest.mark.parametrize(
+    ("candidate", "golden", "expected"),
+    [
+        # exact integers: a relative tolerance made large neighbours equal
+        ("1000000000", "1000000001", False),
+        ("2147483648", "2147483647", False),
+        ("1000000000", "1,000,000,000.0", True),
+        # a variable among the words after a number is maths, not a unit
+        (r"5\% \text{ of } x", "5", False),
+        ("5 x", "5", False),
+        # a spaced unit letter or capital is a unit; "a" is an article
+        ("5 N", "5", True),
+        ("5 m", "5", True),
+        ("4 times a day", "4", True),
+    ],
+)
+def test_relatives_numbers_and_units(candidate: str, golden: str, expected: bool) -> None:
+    assert answers_match(candidate, golden) is expected

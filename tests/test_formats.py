@@ -1,4 +1,15 @@
-from mshep.formats import DROP_TAG_IN_STEP, DROP_UNKNOWN, format_rows
+import re
+
+import pytest
+
+from mshep.formats import (
+    DROP_STEP_ONE_IN_PROMPT,
+    DROP_TAG_IN_QUESTION,
+    DROP_TAG_IN_STEP,
+    DROP_TRL_PLACEHOLDER,
+    DROP_UNKNOWN,
+    format_rows,
+)
 from mshep.records import Hard, LabelledSolution, LabelSource, Solution, StepLabel, Usage
 
 QUESTION = "Janet’s ducks lay 16 eggs per day. How much does she make?"
@@ -8,7 +19,7 @@ STEPS = [
 ]
 
 
-def labelled(hards, steps=STEPS):
+def labelled(hards, steps=STEPS, question=QUESTION):
     labels = [
         StepLabel(
             hard=h,
@@ -29,7 +40,7 @@ def labelled(hards, steps=STEPS):
     )
     return LabelledSolution(
         problem_id="7",
-        question=QUESTION,
+        question=question,
         golden_answer="18",
         solution=solution,
         labels=labels,
@@ -81,3 +92,64 @@ def test_a_step_containing_the_tag_is_dropped_not_mislabelled():
     item = labelled([Hard.GOOD, Hard.GOOD], steps=["x ки y", "The answer is: 18"])
     out = format_rows([item], "math_shepherd")
     assert out.rows == [] and out.dropped == {DROP_TAG_IN_STEP: 1}
+
+
+def trl_reads(row):
+    """What TRL's own Math-Shepherd converter (examples/datasets/math_shepherd.py) needs of a row:
+    each tag lines up with a "+"/"-" of `label`, and "Step 1:" splits the prompt in exactly two."""
+    inputs = row["input"].replace("ки", "ⶻ")
+    tags = [m.start() for m in re.finditer("ⶻ", inputs)]
+    return (
+        all(row["label"][i] in "+-" for i in tags) and len(inputs[: tags[0]].split("Step 1:")) == 2
+    )
+
+
+def test_b12_tag_inside_a_word_of_the_question_drops_the_row():
+    question = "У Маши 12 кирпичиков, она отдала 5. Сколько осталось?"
+    item = labelled([Hard.GOOD, Hard.GOOD], question=question)
+    out = format_rows([item], "math_shepherd")
+    assert out.rows == [] and out.dropped == {DROP_TAG_IN_QUESTION: 1}
+    # The row as it would have been written: one tag too many, and TRL cannot read it.
+    assert not trl_reads(
+        {
+            "input": f"{question} Step 1: a ки\nStep 2: b ки",
+            "label": f"{question} Step 1: a +\nStep 2: b +",
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("question", "steps", "reason"),
+    [
+        ("Take ⶻ apples.", STEPS, DROP_TRL_PLACEHOLDER),
+        (QUESTION, ["Count ⶻ.", STEPS[1]], DROP_TRL_PLACEHOLDER),
+        ("Step 1: add. Step 2: double. What is it?", STEPS, DROP_STEP_ONE_IN_PROMPT),
+        (QUESTION, ["Redo Step 1: 2 + 2 = 4.", STEPS[1]], DROP_STEP_ONE_IN_PROMPT),
+    ],
+)
+def test_b12_relatives_text_that_trl_would_split_wrongly(question, steps, reason):
+    out = format_rows(
+        [labelled([Hard.GOOD, Hard.BAD], steps=steps, question=question)], "math_shepherd"
+    )
+    assert out.rows == [] and out.dropped == {reason: 1}
+
+
+def test_b12_the_tag_in_text_does_not_matter_to_the_trl_format():
+    """TRL's stepwise format keeps steps in a list: no tag, nothing to mistake for one."""
+    question = "У Маши 12 кирпичиков. Сколько?"
+    items = [
+        labelled([Hard.GOOD, Hard.BAD], question=question),
+        labelled([Hard.GOOD, Hard.GOOD], steps=["x ки y", "The answer is: 18"]),
+    ]
+    out = format_rows(items, "trl")
+    assert len(out.rows) == 2 and not out.dropped
+    assert out.rows[0]["prompt"] == question
+
+
+def test_every_math_shepherd_row_is_readable_by_trl():
+    questions = [QUESTION, "Сколько будет 2 + 2?", "What is 1 + 1? Step by step.", "Q ки?"]
+    steps = [STEPS, ["a ки", "b"], ["Step 1: x", "y"], ["2 + 2 = 4", "The answer is: 4"]]
+    items = [labelled([Hard.GOOD, Hard.BAD], steps=s, question=q) for q in questions for s in steps]
+    out = format_rows(items, "math_shepherd")
+    assert len(out.rows) + sum(out.dropped.values()) == len(items)
+    assert out.rows and all(trl_reads(row) for row in out.rows)

@@ -350,3 +350,170 @@ def test_clean_answer(raw: str, answer: str) -> None:
 )
 def test_split_steps(body: str, steps: list[str]) -> None:
     assert split_steps(body) == steps
+
+
+# ---- issue 13: real model output ------------------------------------------------------------
+
+
+def test_b4_markdown_heading_is_not_the_gsm8k_marker() -> None:
+    text = "#### Part 1\nThe area is 2.\n\nSo the total is \\boxed{30}."
+    assert extract_final_answer(text) == "30"
+    assert parsed(text).answer == "30"
+
+
+@pytest.mark.parametrize(
+    "heading",
+    ["#### Step 2: 3 + 4 = 7", "#### Conclusion", "#### Solution", "#### 1. Compute the area"],
+)
+def test_b4_relatives_headings_give_no_answer(heading: str) -> None:
+    """A heading alone is never a final answer, whatever follows the four hashes."""
+    failure(extract_final_answer(f"{heading}\nWe add 3 and 4."))
+
+
+def test_b4_relative_final_answer_heading_announces_the_next_line() -> None:
+    assert extract_final_answer("We add 3 and 4.\n#### Final Answer\n7") == "7"
+    assert extract_final_answer("We add 3 and 4.\n**Final Answer**\n\n$7$") == "7"
+
+
+def test_b4_relative_five_hashes_are_a_heading() -> None:
+    failure(extract_final_answer("##### 72\nWe add 3 and 4."))
+
+
+def test_b5_answer_phrase_in_prose_loses_to_a_later_boxed_answer() -> None:
+    text = "Typically the answer is expected to be an integer.\n\n\\[\\boxed{7}\\]"
+    assert extract_final_answer(text) == "7"
+    assert parsed(text).answer == "7"
+
+
+def test_b5_relative_answer_phrase_in_prose_after_the_boxed_answer() -> None:
+    """The mirror image of B5: prose that mentions "the answer is" after the boxed answer."""
+    text = "So x = 7.\n\\[\\boxed{7}\\]\nNote that the answer is consistent with the constraints."
+    assert extract_final_answer(text) == "7"
+
+
+def test_b5_relative_later_answer_line_wins_over_earlier_boxed() -> None:
+    text = "First guess: \\boxed{5}.\nThat is wrong: 2 + 4 = 6.\nThe answer is: 6"
+    assert extract_final_answer(text) == "6"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Step 1: 2 + 3 = 5.\nFinal Answer: The final answer is\n$\\boxed{5}$",
+        "Step 1: 2 + 3 = 5.\nFinal Answer: The final answer is\n5",
+        "Step 1: 2 + 3 = 5.\nFinal Answer: The final answer is\n\n5",
+        "Step 1: 2 + 3 = 5.\n**Final Answer:**\n\\[ \\boxed{5} \\]",
+        "Step 1: 2 + 3 = 5.\nThe answer is:\n$$5$$",
+    ],
+)
+def test_b14_answer_on_the_line_after_its_marker(text: str) -> None:
+    assert extract_final_answer(text) == "5"
+    result = parsed(text)
+    assert result.answer == "5"
+    assert len(result.steps) == 1  # the answer lines stay in the last step
+    assert result.steps[0].startswith("2 + 3 = 5.\n")
+
+
+def test_b14_relative_marker_with_nothing_after_it_is_no_answer() -> None:
+    failure(extract_final_answer("Step 1: 2 + 3 = 5.\nFinal Answer: The final answer is"))
+
+
+def test_b6_list_item_ends_at_a_paragraph_break() -> None:
+    text = (
+        "We use two facts:\n1. a = 2\n2. b = 3\n\nNow add them: a + b = 5.\n\n"
+        "Then double it: 2 * 5 = 10.\n\nThe answer is: 10"
+    )
+    assert parsed(text).steps == [
+        "a = 2",
+        "b = 3",
+        "Now add them: a + b = 5.",
+        "Then double it: 2 * 5 = 10. The answer is: 10",
+    ]
+
+
+def test_b6_relative_indented_continuation_stays_in_its_item() -> None:
+    body = "1. a = 2\n\n   so a is even.\n2. b = 3\n\nThen a + b = 5."
+    assert split_steps(body) == ["a = 2\nso a is even.", "b = 3", "Then a + b = 5."]
+
+
+def test_b7_step_marker_mid_sentence_is_text() -> None:
+    text = "Step 1: x = 2.\nStep 2: Using the value from Step 1. we get y = 4.\nThe answer is: 4"
+    assert parsed(text).steps == [
+        "x = 2.",
+        "Using the value from Step 1. we get y = 4. The answer is: 4",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "steps"),
+    [
+        (
+            "Step 1: a = 1\nStep 2: From step 6: b = a + 1 = 2",
+            ["a = 1", "From step 6: b = a + 1 = 2"],
+        ),
+        ("Step 1: a = 1\nStep 2: as in Step 1: b = 2", ["a = 1", "as in Step 1: b = 2"]),
+        ("Step 1: a = 1. Step 3: b = 2", ["a = 1. Step 3: b = 2"]),  # out of sequence
+        ("Step 1: a = 1. step 2: b = 2", ["a = 1. step 2: b = 2"]),  # not a sentence start
+        ("a = 1, see 2. below\nb = 2", ["a = 1, see 2. below", "b = 2"]),
+    ],
+)
+def test_b7_relatives_markers_only_where_a_step_can_start(body: str, steps: list[str]) -> None:
+    assert split_steps(body) == steps
+
+
+def test_b7_relative_json_steps_lose_only_a_leading_marker() -> None:
+    data = {"steps": ["Step 1: a = 1", "b = a + 1, as in\nStep 1: 2"], "answer": "2"}
+    result = parse_json_solution(json.dumps(data))
+    assert isinstance(result, ParsedSolution)
+    assert result.steps == ["a = 1", "b = a + 1, as in\nStep 1: 2"]
+
+
+def test_b8_display_block_around_the_boxed_answer_stays_whole() -> None:
+    """A display block that holds only the answer is the answer line: it joins the last step."""
+    result = parsed("x = 2\n\\[\n\\boxed{2}\n\\]")
+    assert result.answer == "2"
+    assert result.steps == ["x = 2\n\\[\n\\boxed{2}\n\\]"]
+
+
+def test_b8_relative_dollar_block_around_the_boxed_answer() -> None:
+    result = parsed("x = 2\n$$\n\\boxed{2}\n$$")
+    assert result.steps == ["x = 2\n$$\n\\boxed{2}\n$$"]
+
+
+def test_b9_gsm8k_marker_after_a_step_marker() -> None:
+    result = parsed("Step 1: 3 + 4 = 7\nStep 2: #### 7")
+    assert result.answer == "7"
+    assert result.steps == ["3 + 4 = 7", "#### 7"]
+    assert extract_final_answer("Step 1: 3 + 4 = 7\n**Step 2:** #### 7") == "7"
+
+
+@pytest.mark.parametrize(
+    ("text", "answer"),
+    [
+        (
+            "Step 1: x\nThe answer is:\n\\begin{pmatrix}\n1 \\\\\n2\n\\end{pmatrix}",
+            "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}",
+        ),
+        ("Step 1: x\nThe answer is:\n\\[\n\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}\n\\]", None),
+        ("So x = 2.\n\n**Final Answer**\n\\[\n\\boxed{2}\n\\]", "2"),
+    ],
+)
+def test_b14_relatives_answer_block_after_its_marker(text: str, answer: str | None) -> None:
+    """A marker followed by a display block reads the whole block, never its first line."""
+    expected = answer or "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}"
+    assert extract_final_answer(text) == expected
+    result = parsed(text)
+    assert result.answer == expected
+    assert result.steps[-1].endswith(text.rsplit("\n", 1)[-1])  # the block closes the last step
+
+
+def test_answer_heading_and_phrase_form_one_answer_region() -> None:
+    text = "Step 1: 1 + 2 = 3\n\n### Final Answer\nThe final answer is $\\boxed{3}$."
+    assert parsed(text).steps == ["1 + 2 = 3\n### Final Answer\nThe final answer is $\\boxed{3}$."]
+
+
+def test_b8_relative_row_spacing_is_not_a_display_opener() -> None:
+    """`\\\\[4pt]` is a row break with spacing: counting it as `\\[` swallowed every later line."""
+    block = "\\begin{align}\nx &= 1 \\\\[4pt]\ny &= 2\n\\end{align}"
+    result = parsed(f"We solve\n{block}\nSo x + y = 3.\nThe answer is: 3")
+    assert result.steps == ["We solve", block, "So x + y = 3. The answer is: 3"]
