@@ -1,112 +1,165 @@
-"""Prefect: the mshep flow.
+"""Prefect: the mshep flow, the one entry point of every run: a deployment (`prefect deployment
+run`, the UI), the CLI and a Python call all go through `mshep_flow`.
 
-    load → (golden ‖ generate) per shard → complete per shard → write → card (→ Hub)
+    preflight → load → (golden ‖ generate) per shard → complete per shard → write → card (→ Hub)
 
-Task arguments are settings, paths and shard references; backends are built inside the task that
-uses them, so nothing closes over a client and any task runner (threads, Ray) can run them. The
-stage tasks and their cache keys are in `flows.stages`.
+Its parameters are the config's sections, so the UI shows each as a form. Prefect merges a run's
+parameters over a deployment's only at the top level; the flow merges them field by field
+(`run_config`), so overriding `completer.N` keeps every other setting of the deployment. The flow
+then picks its own task runner from `execution` (threads, or Ray) and runs the checks first.
 """
 
-from __future__ import annotations
-
-import hashlib
+# No `from __future__ import annotations` here: Prefect builds the parameter model from the
+# flow's annotations, and a run loaded from the entrypoint cannot resolve them as strings.
 import time
-from pathlib import Path
 from typing import Any
 
-from prefect import Task, flow, get_run_logger
-from prefect.filesystems import RemoteFileSystem
+from prefect import flow, get_run_logger
+from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
+from prefect.runtime import flow_run
+from pydantic import ValidationError
 
-from flows.stages import (
-    complete_task,
-    generate_task,
-    load_task,
-    push_task,
-    settings,
-    shard_path,
-    stage_keys,
-    work_dir,
-    write_task,
-)
+from flows.placement import StageFutures, Submitter, build_task_runner
+from flows.stages import load_task, preflight_task, push_task, write_task
 from mshep.card import dataset_card
-from mshep.config import RunConfig
+from mshep.config import (
+    CompleterConfig,
+    DatasetConfig,
+    ExecutionConfig,
+    GeneratorConfig,
+    GoldenConfig,
+    OutputConfig,
+    RunConfig,
+    ServingConfig,
+    explain,
+)
 from mshep.errors import ConfigError, MshepError
-from mshep.hub import hub_token
-from mshep.io import exists, write_json, write_text
-from mshep.records import Failure
-from mshep.summary import RunSummary, ShardRef, StageSummary, count_reasons, stage_summary
+from mshep.io import write_json, write_text
+from mshep.records import Failure, Stage
+from mshep.shards import Layout, ShardRef, stage_keys
+from mshep.summary import RunSummary, StageSummary, count_reasons, stage_summary
 
-__all__ = ["build_task_runner", "mshep_flow", "run_flow", "stage_keys"]
+__all__ = ["build_task_runner", "mshep_flow", "run_config", "run_flow", "stage_keys"]
 
-
-def result_storage(config: RunConfig) -> Path | str:
-    """Where the stage tasks' results (small `ShardRef`s, keyed by cache key) persist: next to
-    the shard data by default, so a run resumes wherever its output lives. An s3:// prefix is
-    saved as a Prefect block holding only the path (Prefect wants remote storage as a saved
-    block); endpoint and credentials stay in the environment (AWS_ENDPOINT_URL,
-    AWS_ACCESS_KEY_ID, ...), or name a block of your own in `execution.result_storage_block`."""
-    if config.execution.result_storage_block:
-        return config.execution.result_storage_block  # Prefect loads the saved block by slug
-    base = config.execution.result_storage or f"{work_dir(config)}/results"
-    if "://" in base and not base.startswith("file://"):
-        name = f"mshep-results-{hashlib.sha256(base.encode()).hexdigest()[:12]}"
-        RemoteFileSystem(basepath=base).save(name, overwrite=True)
-        return f"remote-file-system/{name}"
-    return Path(base.removeprefix("file://")).resolve()
+SECTIONS = tuple(RunConfig.model_fields)
+DEFAULTS = RunConfig()
 
 
-StageFutures = dict[str, list[PrefectFuture[ShardRef]]]
+def _merge(base: Any, override: Any) -> Any:
+    """`override` over `base`, field by field through nested mappings. A Prefect placeholder
+    (`{"__prefect_kind": ...}`) is a value, not a section: the run's hydrated value wins."""
+    if not isinstance(base, dict) or not isinstance(override, dict):
+        return override
+    if "__prefect_kind" in base or "__prefect_kind" in override:
+        return override
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = _merge(base.get(key), value) if key in base else value
+    return merged
 
 
-class _Submitter:
-    """Submits one stage task per shard with the run's cache settings. A task whose output file
-    is gone (or every task, with `execution.cache` off) refreshes its cache entry: it runs again
-    and its new result replaces the old one, rather than a cached reference to missing data."""
+def _deployment_parameters() -> dict[str, Any] | None:
+    """The parameters of the deployment this run was made from, or None for a direct call."""
+    context = FlowRunContext.get()
+    run = context.flow_run if context else None
+    if run is None or run.deployment_id is None:
+        return None
+    from prefect.client.orchestration import get_client
 
-    def __init__(self, config: RunConfig) -> None:
-        self.config = config
-        self.storage = result_storage(config)
+    with get_client(sync_client=True) as client:
+        return dict(client.read_deployment(run.deployment_id).parameters or {})
 
-    def options(self, stage: Task[..., ShardRef], out: str) -> Task[..., ShardRef]:
-        refresh = not self.config.execution.cache or not exists(out)
-        return stage.with_options(result_storage=self.storage, refresh_cache=refresh)
 
-    def submit(self, shards: list[ShardRef]) -> StageFutures:
-        """golden ‖ generate per shard, then complete; Prefect resolves the futures passed on."""
-        config = self.config
-        futures: StageFutures = {"golden": [], "generate": [], "complete": []}
-        for ref in shards:
-            golden = None
-            if config.golden.source == "model":
-                out = shard_path(config, "golden", ref.shard, ref.digest)
-                golden = self.options(generate_task, out).submit(
-                    "golden",
-                    settings(config.golden),
-                    1,
-                    ref,
-                    out,
-                    config.backend_for(config.golden),
-                )
-                futures["golden"].append(golden)
-            out = shard_path(config, "generate", ref.shard, ref.digest)
-            generated = self.options(generate_task, out).submit(
-                "generate",
-                settings(config.generator),
-                config.generator.M,
-                ref,
-                out,
-                config.backend_for(config.generator),
-            )
-            futures["generate"].append(generated)
-            out = shard_path(config, "complete", ref.shard, ref.digest)
-            backend = config.backend_for(config.completer)
-            # Futures as arguments: Prefect waits for them and passes their results.
-            completed = self.options(complete_task, out).submit(
-                settings(config.completer), ref, golden, generated, out, backend
-            )
-            futures["complete"].append(completed)
-        return futures
+def run_config(sections: dict[str, Any]) -> RunConfig:
+    """The run's config from the flow's parameters. From a deployment, the run's own (raw)
+    parameters are merged over the deployment's field by field; otherwise the sections given."""
+    given = {name: value.model_dump(mode="json") for name, value in sections.items()}
+    deployed = _deployment_parameters()
+    context = FlowRunContext.get()
+    if deployed is not None and context is not None and context.flow_run is not None:
+        raw = context.flow_run.parameters or {}
+        given = {
+            name: _merge(deployed.get(name, {}), raw[name]) if name in raw else given[name]
+            for name in SECTIONS
+        }
+    try:
+        return RunConfig.model_validate(given)
+    except ValidationError as error:
+        raise ConfigError(explain(error)) from None
+
+
+def _run_name() -> str:
+    """`<dataset> · <generator model> · M=…, N=…` (from the parameters as given)."""
+    params = flow_run.parameters
+    dataset = params.get("dataset") or DEFAULTS.dataset
+    generator = params.get("generator") or DEFAULTS.generator
+    completer = params.get("completer") or DEFAULTS.completer
+    source = str(getattr(dataset, "source", "?")).rstrip("/").rsplit("/", 1)[-1]
+    model = str(getattr(generator, "model", "?")).rsplit("/", 1)[-1]
+    m, n = getattr(generator, "M", "?"), getattr(completer, "N", "?")
+    return f"{source} · {model} · M={m} N={n}"
+
+
+@flow(name="mshep", flow_run_name=_run_name, log_prints=False)
+def mshep_flow(
+    dataset: DatasetConfig = DEFAULTS.dataset,
+    golden: GoldenConfig = DEFAULTS.golden,
+    generator: GeneratorConfig = DEFAULTS.generator,
+    completer: CompleterConfig = DEFAULTS.completer,
+    serving: ServingConfig = DEFAULTS.serving,
+    output: OutputConfig = DEFAULTS.output,
+    execution: ExecutionConfig = DEFAULTS.execution,
+) -> dict[str, Any]:
+    """Math-Shepherd PRM dataset: golden answers, M candidates, N rollouts per step, labels."""
+    config = run_config(
+        {
+            "dataset": dataset,
+            "golden": golden,
+            "generator": generator,
+            "completer": completer,
+            "serving": serving,
+            "output": output,
+            "execution": execution,
+        }
+    )
+    logger = get_run_logger()
+    started = time.monotonic()
+    runner = build_task_runner(config)  # refuses Ray without a Prefect API, before any work
+    checks = preflight_task(config)
+    logger.info("checks passed:\n%s", checks)
+    rows_in, shards, rejected = load_task(config)
+    for failure in rejected:
+        logger.warning("row not used: %s (%s)", failure.reason, failure.detail)
+    logger.info("%d rows in, %d usable, %d shards", rows_in, rows_in - len(rejected), len(shards))
+    with runner:
+        futures = Submitter(config, runner).submit(shards)
+        refs = {stage: [f.result() for f in pending] for stage, pending in futures.items()}
+        stages = _stages(refs, futures)
+    written = write_task(config, refs[Stage.COMPLETE], stages)
+    summary = _summarise(rows_in, rejected, refs, stages, written)
+    summary.wall_time_s = round(time.monotonic() - started, 3)
+    summary.checks = checks.splitlines()
+    return _finish(config, summary)
+
+
+def _finish(config: RunConfig, summary: RunSummary) -> dict[str, Any]:
+    """Summary, card and Hub push; a run that labelled nothing fails, naming why."""
+    logger = get_run_logger()
+    layout = Layout.of(config)
+    write_json(layout.summary, summary.model_dump())
+    for line in summary.lines():
+        logger.info(line)
+    if summary.rows_labelled == 0:
+        reasons = "; ".join(f"{n} × {why}" for why, n in summary.rows_not_labelled.items())
+        raise MshepError(f"no row was labelled ({reasons}); nothing was written")
+    card = dataset_card(config, summary)
+    write_text(layout.card, card)
+    result = summary.model_dump()
+    if config.output.push_to_hub:
+        result["hub_url"] = push_task(config, summary, card)
+        logger.info("pushed to %s", result["hub_url"])
+    return result
 
 
 def reused(futures: list[PrefectFuture[ShardRef]]) -> int:
@@ -114,34 +167,34 @@ def reused(futures: list[PrefectFuture[ShardRef]]) -> int:
     return sum(1 for future in futures if future.state.name == "Cached")
 
 
-def _stages(refs: dict[str, list[ShardRef]], futures: StageFutures) -> dict[str, StageSummary]:
+def _stages(refs: dict[Stage, list[ShardRef]], futures: StageFutures) -> dict[str, StageSummary]:
     stages = {}
-    for name, stage_refs in refs.items():
+    for stage, stage_refs in refs.items():
         if stage_refs:
-            stages[name] = stage_summary(stage_refs)
-            stages[name].reused_shards = reused(futures[name])
+            stages[stage.value] = stage_summary(stage_refs)
+            stages[stage.value].reused_shards = reused(futures[stage])
     return stages
 
 
 def _summarise(
     rows_in: int,
     rejected: list[Failure],
-    refs: dict[str, list[ShardRef]],
+    refs: dict[Stage, list[ShardRef]],
     stages: dict[str, StageSummary],
     written: dict[str, Any],
 ) -> RunSummary:
-    unlabelled = [f for ref in refs["complete"] for f in ref.failures]
+    unlabelled = [f for ref in refs[Stage.COMPLETE] for f in ref.failures]
     summary = RunSummary(
         rows_in=rows_in,
         rows_labelled=written["problems_labelled"],
         rows_not_labelled=count_reasons([*rejected, *unlabelled]),
-        solutions_generated=sum(ref.items for ref in refs["generate"]),
-        solutions_labelled=sum(ref.items for ref in refs["complete"]),
+        solutions_generated=sum(ref.items for ref in refs[Stage.GENERATE]),
+        solutions_labelled=sum(ref.items for ref in refs[Stage.COMPLETE]),
         labels=written["labels"],
         rows_out=written["rows_out"],
         rows_dropped=written["rows_dropped"],
         outputs=written["outputs"],
-        labelling_rounds=max((ref.rounds for ref in refs["complete"]), default=0),
+        labelling_rounds=max((ref.rounds for ref in refs[Stage.COMPLETE]), default=0),
         stages=stages,
         quality=written["quality"],
     )
@@ -151,58 +204,6 @@ def _summarise(
     return summary
 
 
-@flow(name="mshep", log_prints=False)
-def mshep_flow(config: RunConfig) -> dict[str, Any]:
-    """Math-Shepherd PRM dataset: golden answers, M candidates, N rollouts per step, labels."""
-    logger = get_run_logger()
-    started = time.monotonic()
-    if config.output.push_to_hub:
-        hub_token(config.output)  # a missing token fails now, not after hours of GPU time
-    rows_in, shards, rejected = load_task(config)
-    for failure in rejected:
-        logger.warning("row not used: %s (%s)", failure.reason, failure.detail)
-    logger.info("%d rows in, %d usable, %d shards", rows_in, rows_in - len(rejected), len(shards))
-    futures = _Submitter(config).submit(shards)
-    refs = {name: [f.result() for f in stage] for name, stage in futures.items()}
-    stages = _stages(refs, futures)
-    written = write_task(config, refs["complete"], stages)
-    summary = _summarise(rows_in, rejected, refs, stages, written)
-    summary.wall_time_s = round(time.monotonic() - started, 3)
-    output = config.output.path.rstrip("/")
-    write_json(f"{output}/summary.json", summary.model_dump())
-    for line in summary.lines():
-        logger.info(line)
-    if summary.rows_labelled == 0:
-        reasons = "; ".join(f"{n} × {why}" for why, n in summary.rows_not_labelled.items())
-        raise MshepError(f"no row was labelled ({reasons}); nothing was written")
-    write_text(f"{output}/README.md", dataset_card(config, summary))
-    result = summary.model_dump()
-    if config.output.push_to_hub:
-        result["hub_url"] = push_task(config, summary)
-        logger.info("pushed to %s", result["hub_url"])
-    return result
-
-
-def build_task_runner(config: RunConfig) -> Any:
-    """Threads by default; a Ray cluster (prefect-ray) when `execution.task_runner` is 'ray'."""
-    if config.execution.task_runner == "ray":
-        from prefect.settings import PREFECT_API_URL
-        from prefect_ray import RayTaskRunner
-
-        if not PREFECT_API_URL.value():
-            # Without one every Ray worker starts its own temporary Prefect server (DESIGN.md).
-            raise ConfigError(
-                "execution.task_runner 'ray' needs a Prefect server every Ray worker can reach: "
-                "start one (`prefect server start`) and set PREFECT_API_URL"
-            )
-        return RayTaskRunner(
-            address=config.execution.ray_address, init_kwargs={"include_dashboard": False}
-        )
-    from prefect.task_runners import ThreadPoolTaskRunner
-
-    return ThreadPoolTaskRunner(max_workers=config.execution.workers)
-
-
 def run_flow(config: RunConfig) -> dict[str, Any]:
-    """The Python entry point: run the flow with the task runner the config asks for."""
-    return mshep_flow.with_options(task_runner=build_task_runner(config))(config)
+    """The Python entry point: the flow with the config's sections as its parameters."""
+    return mshep_flow(**{name: getattr(config, name) for name in SECTIONS})

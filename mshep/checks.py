@@ -1,16 +1,21 @@
-"""Network and storage: checks run before a flow starts, so that a bad endpoint, a missing token or
-a misnamed column is one clear message instead of a failed run."""
+"""Network and storage: the checks a run starts with (the flow's first task, and `mshep check`),
+so that a bad endpoint, a missing token or a misnamed column is one clear message before any
+model call, instead of a failed run."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from mshep.backends import make_backend
-from mshep.config import ModelStage, RunConfig
+from mshep.config import ModelStage, OutputConfig, RunConfig
 from mshep.errors import DatasetError, OutputError
-from mshep.io import load_problems, remove, write_text
+from mshep.io import LoadedDataset, load_problems, remove, write_text
+from mshep.shards import Layout
 from mshep.summary import count_reasons
+
+TokenReader = Callable[[OutputConfig], str]
 
 
 def used_stages(config: RunConfig) -> dict[str, ModelStage]:
@@ -24,14 +29,14 @@ def check_backends(config: RunConfig) -> list[str]:
     seen: set[str] = set()
     lines = []
     for name, stage in used_stages(config).items():
-        backend_config = config.backend_for(stage)
-        where = getattr(backend_config, "base_url", None) or "Hugging Face Inference"
-        lines.append(f"{name}: {stage.model} via {backend_config.kind} ({where})")
-        key = backend_config.model_dump_json()
+        serving = config.serving.for_stage(name)
+        where = serving.base_url or "Hugging Face Inference"
+        lines.append(f"{name}: {stage.model} via {serving.kind} ({where})")
+        key = serving.model_dump_json()
         if key in seen:
             continue
         seen.add(key)
-        with make_backend(backend_config, stage.model) as backend:
+        with make_backend(serving) as backend:
             check = getattr(backend, "check", None)
             if check is not None:
                 check()
@@ -41,9 +46,13 @@ def check_backends(config: RunConfig) -> list[str]:
 SHOWN_REJECTIONS = 5  # rows listed by `check`; the counts by reason cover the rest
 
 
-def check_dataset(config: RunConfig) -> str:
+def read_dataset(config: RunConfig) -> LoadedDataset:
+    return load_problems(config.dataset, need_reference=config.golden.source == "reference")
+
+
+def check_dataset(config: RunConfig, loaded: LoadedDataset | None = None) -> str:
     """The dataset line, with a few unusable rows listed; DatasetError if no row is usable."""
-    loaded = load_problems(config.dataset, need_reference=config.golden.source == "reference")
+    loaded = loaded or read_dataset(config)
     rejected = count_reasons(loaded.rejected)
     why = "; ".join(f"{n} × {reason}" for reason, n in rejected.items())
     if not loaded.problems:
@@ -59,14 +68,12 @@ def check_dataset(config: RunConfig) -> str:
     return "\n".join(lines)
 
 
-def check_output(config: RunConfig) -> str:
+def check_output(config: RunConfig, hub_token: TokenReader) -> str:
     """The output can be written (a bucket that is missing or refuses the keys fails here, not
-    after the first stage), and a Hub push has its token."""
-    from mshep.hub import hub_token
-
-    path = config.output.path.rstrip("/")
+    after the first stage), and a Hub push has its token (`hub_token` reads it)."""
+    path = Layout.of(config).root
     if "://" in path:
-        probe = f"{path}/.work/.write-check"
+        probe = f"{Layout.of(config).work}/.write-check"
         try:  # the only sure test of a bucket and its keys is a write
             write_text(probe, "mshep\n")
             remove(probe)
@@ -86,11 +93,14 @@ def check_output(config: RunConfig) -> str:
     return line
 
 
-def preflight(config: RunConfig) -> str:
-    """A short report of what will run; raises a `MshepError` naming the first problem found."""
+def preflight(
+    config: RunConfig, hub_token: TokenReader, loaded: LoadedDataset | None = None
+) -> str:
+    """A short report of what will run; raises a `MshepError` naming the first problem found.
+    `loaded`: the dataset, when the caller has read it already."""
     lines = check_backends(config)
-    lines.append(check_dataset(config))
-    lines.append(check_output(config))
+    lines.append(check_dataset(config, loaded))
+    lines.append(check_output(config, hub_token))
     lines.append(
         f"M={config.generator.M}, N={config.completer.N}, strategy={config.completer.strategy}, "
         f"golden from {config.golden.source}, output {config.output.path}"

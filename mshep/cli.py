@@ -14,8 +14,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from mshep.config import RunConfig
-from mshep.errors import MshepError
+from mshep.config import RunConfig, explain
+from mshep.errors import MissingDependency, MshepError
 
 EPILOG = """\
 examples:
@@ -159,7 +159,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         "generator.model": args.model,
         "completer.model": args.model,
         "golden.model": args.golden_model,
-        "backend.base_url": args.base_url,
+        "serving.base_url": args.base_url,
         "generator.M": args.M,
         "completer.N": args.N,
         "output.path": args.output,
@@ -175,26 +175,24 @@ def build_config(args: argparse.Namespace) -> RunConfig:
     return RunConfig.model_validate(data)
 
 
-def explain(error: ValidationError) -> str:
-    lines = [f"invalid config ({error.error_count()} problem{'s' * (error.error_count() > 1)}):"]
-    for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"] if not str(p).startswith("function-"))
-        value = "" if item["type"] == "missing" else f" (got {item.get('input')!r})"
-        lines.append(f"  {where or 'config'}: {item['msg']}{value}")
-    return "\n".join(lines)
-
-
 def _run(args: argparse.Namespace, execute: bool) -> int:
-    from mshep.checks import preflight
-
+    """`check`: the checks alone. `run`: the flow, which runs the same checks first."""
     config = build_config(args)
-    report = preflight(config)
-    print(report, file=sys.stderr)
+    try:
+        from flows.prm import run_flow
+        from flows.secrets import hub_token
+    except ImportError as error:  # a core-only install (the engine environment)
+        raise MissingDependency(
+            f"`mshep {args.command}` needs the flow extra: pip install 'mshep[flow]' "
+            f"({error.name} is missing)"
+        ) from error
     if not execute:
-        return 0
-    from flows.prm import run_flow
+        from mshep.checks import preflight
 
+        print(preflight(config, hub_token), file=sys.stderr)
+        return 0
     summary = run_flow(config)
+    print("\n".join(summary.get("checks", [])), file=sys.stderr)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 

@@ -1,14 +1,19 @@
-"""Pure. The run config: one nested pydantic model, the flow's parameter and the Prefect UI form.
+"""Pure. The run config: seven sections, each one a parameter of the flow and a Prefect UI form.
 
-Secrets are not fields: a backend names the environment variable (or Prefect Secret block) that
-holds its token, never the token itself, so no secret reaches flow parameters or cache keys.
+Three kinds of setting, kept apart (docs/design.md):
+- what a stage computes (`golden`, `generator`, `completer`, and `dataset`): cache-key material;
+- where the models are served (`serving`: URL, concurrency, timeouts, token): never in a key;
+- where the tasks run (`execution`: runner, Ray address, threads, GPUs per task): never in a key.
+
+Secrets are not fields: `serving` names the environment variable that holds the API token, never
+the token itself, so no secret reaches flow parameters or cache keys.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mshep.formats import FORMATS, FormatName
 from mshep.prompts import PromptConfig
@@ -21,13 +26,28 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class HttpBackendConfig(Section):
-    """Any OpenAI-compatible server (`vllm serve`, TGI, the simulator) or Hugging Face Inference."""
+class ServingConfig(Section):
+    """Where and how the models are served. None of it is in a cache key: moving a run to another
+    server, or raising its concurrency, keeps every finished shard. Flat fields (no unions) so
+    the Prefect UI renders them as a form."""
 
-    kind: Literal["http"] = "http"
+    kind: Literal["http", "vllm"] = Field(
+        default="http",
+        description="'http': an OpenAI-compatible server (`vllm serve`, TGI) or Hugging Face "
+        "Inference; 'vllm': an engine in a Ray actor (not in this version yet).",
+    )
     base_url: str | None = Field(
         default=None,
         description="Server URL, e.g. http://127.0.0.1:8000/v1; unset = Hugging Face Inference.",
+    )
+    golden_base_url: str | None = Field(
+        default=None, description="The golden stage's server, when it is not base_url."
+    )
+    generator_base_url: str | None = Field(
+        default=None, description="The generator's server, when it is not base_url."
+    )
+    completer_base_url: str | None = Field(
+        default=None, description="The completer's server, when it is not base_url."
     )
     token_env: str = Field(
         default="HF_TOKEN",
@@ -39,29 +59,15 @@ class HttpBackendConfig(Section):
     supports_n: bool = Field(
         default=True, description="Server honours `n`; if not, n requests are sent instead."
     )
+    tensor_parallel_size: int = Field(default=1, ge=1, le=64, description="vllm: GPUs per engine.")
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description="vllm only.")
+    max_model_len: int | None = Field(default=None, ge=256, description="vllm only.")
+    enable_prefix_caching: bool = Field(default=True, description="vllm only.")
 
-
-class VllmBackendConfig(Section):
-    """vLLM engine in a Ray actor with its own environment (vllm cannot share prefect's)."""
-
-    kind: Literal["vllm"] = "vllm"
-    tensor_parallel_size: int = Field(default=1, ge=1, le=64)
-    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
-    max_model_len: int | None = Field(default=None, ge=256)
-    enable_prefix_caching: bool = True
-
-
-def _backend_kind(value: Any) -> str:
-    """`kind` picks the backend; it may be left out for the common case, an HTTP server."""
-    if isinstance(value, dict):
-        return str(value.get("kind", "http"))
-    return str(getattr(value, "kind", "http"))
-
-
-BackendConfig = Annotated[
-    Annotated[HttpBackendConfig, Tag("http")] | Annotated[VllmBackendConfig, Tag("vllm")],
-    Discriminator(_backend_kind),
-]
+    def for_stage(self, stage: str) -> ServingConfig:
+        """This config with the stage's own server, if it has one, as `base_url`."""
+        own = getattr(self, f"{stage}_base_url", None)
+        return self.model_copy(update={"base_url": own}) if own else self
 
 
 class SamplingConfig(Section):
@@ -74,11 +80,17 @@ class SamplingConfig(Section):
     seed: int = Field(default=0, description="Base seed; request seeds are derived from it.")
 
 
+class GoldenSamplingConfig(SamplingConfig):
+    """A reference solution is sampled cooler than candidates. Its own class, so the default the
+    UI form shows (from the JSON schema) is the default a run uses."""
+
+    temperature: float = Field(default=0.2, ge=0, le=2)
+
+
 class ModelStage(Section):
+    """What a stage computes: model, sampling, prompts. All of it is cache-key material."""
+
     model: str = Field(default="meta-llama/Llama-3.1-8B-Instruct", min_length=1)
-    backend: BackendConfig | None = Field(
-        default=None, description="Overrides the run's backend for this stage."
-    )
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     prompts: PromptConfig = Field(default_factory=PromptConfig)
     structured_output: bool = Field(
@@ -92,7 +104,7 @@ class GoldenConfig(ModelStage):
         description="'reference': the dataset's answer column; 'model': a strong model solves it.",
     )
     model: str = Field(default="meta-llama/Llama-3.1-70B-Instruct", min_length=1)
-    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(temperature=0.2))
+    sampling: GoldenSamplingConfig = Field(default_factory=GoldenSamplingConfig)
 
 
 class GeneratorConfig(ModelStage):
@@ -140,8 +152,8 @@ class DatasetConfig(Section):
 
 class OutputConfig(Section):
     path: str = Field(default="mshep-output", description="Local directory or s3:// prefix.")
-    formats: list[FormatName] = Field(default_factory=lambda: list(FORMATS))
-    file_types: list[FileType] = Field(default_factory=lambda: list(FILE_TYPES))
+    formats: list[FormatName] = Field(default=list(FORMATS))  # pydantic copies it per instance
+    file_types: list[FileType] = Field(default=list(FILE_TYPES))
     push_to_hub: str | None = Field(default=None, description="Hub repo id to push to.")
     private: bool = True
     hub_token_env: str = Field(
@@ -154,10 +166,22 @@ class OutputConfig(Section):
 
 
 class ExecutionConfig(Section):
+    """Where the tasks run and what is kept between runs. Only `shard_size` shapes the output
+    (it sets the shards, so it is in the keys); the rest is placement."""
+
     shard_size: int = Field(default=200, ge=1, le=100_000, description="Questions per task.")
-    task_runner: Literal["threads", "ray"] = "threads"
+    task_runner: Literal["threads", "ray"] = Field(
+        default="threads",
+        description="threads: tasks in the flow's process; ray: tasks on a Ray cluster "
+        "(prefect-ray), which needs a Prefect API every Ray worker can reach.",
+    )
     workers: int = Field(default=8, ge=1, le=256, description="Threads of the threads runner.")
-    ray_address: str | None = Field(default=None, description="Ray cluster; unset = local Ray.")
+    ray_address: str | None = Field(
+        default=None, description="Ray cluster, e.g. ray://head:10001; unset = local Ray."
+    )
+    gpus_per_task: float = Field(
+        default=0.0, ge=0, le=64, description="Ray only: GPUs each generate/complete task holds."
+    )
     cache: bool = Field(
         default=True, description="Reuse finished shards of an earlier run with the same inputs."
     )
@@ -178,7 +202,7 @@ class RunConfig(Section):
     golden: GoldenConfig = Field(default_factory=GoldenConfig)
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
     completer: CompleterConfig = Field(default_factory=CompleterConfig)
-    backend: BackendConfig = Field(default_factory=HttpBackendConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
 
@@ -200,5 +224,12 @@ class RunConfig(Section):
             )
         return self
 
-    def backend_for(self, stage: ModelStage) -> HttpBackendConfig | VllmBackendConfig:
-        return stage.backend or self.backend
+
+def explain(error: ValidationError) -> str:
+    """A validation error as lines naming each setting, its problem and the value given."""
+    lines = [f"invalid config ({error.error_count()} problem{'s' * (error.error_count() > 1)}):"]
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"] if not str(p).startswith("function-"))
+        value = "" if item["type"] == "missing" else f" (got {item.get('input')!r})"
+        lines.append(f"  {where or 'config'}: {item['msg']}{value}")
+    return "\n".join(lines)

@@ -1,9 +1,9 @@
 """Network: the dataset pushed to the Hugging Face Hub in one commit, with a dataset card.
 
-The token comes from a Prefect Secret block or the environment (`hub_token`) and goes only to the
-Hub client's Authorization header: never into the card, logs, errors or return values. The card is
-built by `mshep.card` from the config and the run's summary.
-huggingface_hub, fsspec and prefect are imported inside the functions that need them.
+The token is the caller's (the flow reads it from the environment or a Prefect Secret block) and
+goes only to the Hub client's Authorization header: never into the card, logs, errors or return
+values. The card is rendered once by the caller (`mshep.card`). huggingface_hub and fsspec are
+imported inside the functions that need them; Prefect never is.
 """
 
 from __future__ import annotations
@@ -15,18 +15,15 @@ import posixpath
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-from mshep.card import dataset_card
 from mshep.config import OutputConfig, RunConfig
 from mshep.errors import ConfigError, MissingToken, MshepError
 from mshep.summary import RunSummary
 
 
-def hub_token(output: OutputConfig) -> str:
-    """The Hub token: a named Prefect Secret block wins over the environment variable."""
-    if output.hub_token_block:
-        return _token_from_block(output.hub_token_block)
+def hub_token_from_env(output: OutputConfig) -> str:
+    """The Hub token from the environment variable `output.hub_token_env` names. (A Prefect
+    Secret block is the flow's business: `flows.secrets.hub_token`.)"""
     token = os.environ.get(output.hub_token_env, "").strip()
     if not token:
         raise MissingToken(
@@ -37,32 +34,16 @@ def hub_token(output: OutputConfig) -> str:
     return token
 
 
-def _token_from_block(name: str) -> str:
-    from prefect.blocks.system import Secret
-    from pydantic import ValidationError
-
-    where = f"Prefect Secret block {name!r} (output.hub_token_block)"
-    try:
-        block: Any = Secret.load(name)  # sync here; its type also admits a coroutine
-        value = block.get()
-    except ValidationError:  # its message could quote the stored value
-        raise MissingToken(f"cannot read the {where}: it is not a Secret block") from None
-    except Exception as error:  # not found, API unreachable: the user must fix either
-        raise MissingToken(f"cannot load the {where}: {error}") from None
-    if not isinstance(value, str) or not value.strip():
-        raise MissingToken(f"the {where} holds no text token")
-    return value.strip()
-
-
 def push_dataset(
     config: RunConfig,
     summary: RunSummary,
-    files: dict[str, list[str]],
+    card: str,
     token: str,
     endpoint: str | None = None,
 ) -> str:
-    """Create the dataset repo if needed and commit every written file and the card at once,
-    so the repo never shows a card that does not match its data. Returns the repo URL."""
+    """Create the dataset repo if needed and commit every written file (`summary.outputs`) and
+    the card (rendered once, by the caller) at once, so the repo never shows a card that does not
+    match its data. Returns the repo URL."""
     from huggingface_hub import CommitOperationAdd, HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -71,7 +52,7 @@ def push_dataset(
         raise ConfigError("output.push_to_hub is unset: name the Hub repo to push to")
     if not token:
         raise MissingToken("pushing to the Hub needs a token; none was given")
-    card = dataset_card(config, summary.model_copy(update={"outputs": files}))
+    files = summary.outputs
     if token in card:  # cannot happen from a clean config; refuse rather than publish it
         raise MshepError("the dataset card would contain the Hub token; nothing was pushed")
     api = HfApi(endpoint=endpoint, token=token)

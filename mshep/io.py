@@ -17,8 +17,9 @@ from pydantic import BaseModel
 
 from mshep.config import DatasetConfig, OutputConfig
 from mshep.errors import DatasetError
-from mshep.parsing import ParseFailure, parse_reference_answer
+from mshep.parsing import ParseFailure
 from mshep.records import Failure, Problem
+from mshep.references import parse_reference_answer
 
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 R = TypeVar("R", bound=BaseModel)

@@ -5,10 +5,10 @@ rollouts of one pair; when nothing is pending, `results()` gives every solution 
 The caller sends all pending pairs of a round to the backend in one call, so a strategy that needs
 several rounds (a first-error search) costs a few round trips, not one per step.
 
-Rules (DESIGN.md): a step is good when any valid rollout from its prefix reaches the golden
-answer; soft value = correct / valid; failed rollouts (error, unparseable, truncated) count as
-neither, missing ones as failed; no valid rollout → unknown. The last step has no continuation:
-its label is whether the solution's own final answer is the golden one.
+Rules (docs/design.md, "Labels"): a step is good when any valid rollout from its prefix reaches
+the golden answer; soft value = correct / valid; failed rollouts (error, unparseable, truncated)
+count as neither, missing ones as failed; no valid rollout → unknown. The last step has no
+continuation: its label is whether the solution's own final answer is the golden one.
 
 Strategies:
 - `per_step` (the paper's, the recipe's): N rollouts from every prefix but the whole; labels and

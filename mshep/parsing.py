@@ -1,4 +1,4 @@
-"""Pure. Model text and dataset answers → steps and final answers.
+"""Pure. Model text → steps and final answers (a dataset's reference answer: `mshep.references`).
 
 Every reader returns either what it read or a `ParseFailure` with a reason: an unreadable reply is
 never an empty success (the recipe's structured-output path returned "" and labelled nothing).
@@ -72,7 +72,7 @@ class _Found(NamedTuple):
     rank: int  # on the same line, an answer marker covers the \boxed{} it contains
 
 
-def _boxed_contents(text: str) -> list[tuple[int, int, str]]:
+def boxed_contents(text: str) -> list[tuple[int, int, str]]:
     """(start, end, content) of every \\boxed{…} / \\fbox{…}, braces balanced."""
     found = []
     for match in re.finditer(r"\\(?:boxed|fbox)\s*\{", text):
@@ -88,7 +88,7 @@ def _boxed_contents(text: str) -> list[tuple[int, int, str]]:
 def clean_answer(raw: str) -> str:
     """The answer itself from the text that follows an answer marker."""
     text = raw.strip()
-    boxed = _boxed_contents(text)
+    boxed = boxed_contents(text)
     if boxed:
         return boxed[-1][2].strip()
     text = text.lstrip(":").strip()
@@ -135,7 +135,7 @@ def _candidates(text: str) -> Iterator[_Found]:
     for match in _GSM8K.finditer(text):
         end = _line_end(text, match.end())
         yield _Found(clean_answer(text[match.end() : end]), end, match.start(), rank=1)
-    for start, end, content in _boxed_contents(text):
+    for start, end, content in boxed_contents(text):
         yield _Found(content.strip(), _line_end(text, end), start, rank=0)
 
 
@@ -143,7 +143,7 @@ def _is_prose(answer: str) -> bool:  # "expected to be an integer": what a marke
     return len(answer.split()) >= 4 and not re.search(r"[\d\\=^_{}()\[\]$+*/<>|-]", answer)
 
 
-def _find_answer(text: str) -> _Found | None:
+def find_answer(text: str) -> _Found | None:
     """The final answer of `text`: the last marker's, a marker in prose only when nothing else."""
     found = [c for c in _candidates(text) if c.answer]
     best = max(found, key=lambda c: (not _is_prose(c.answer), c.end, c.rank, c.start), default=None)
@@ -158,7 +158,7 @@ def _find_answer(text: str) -> _Found | None:
 def _find_or_fail(text: str | None) -> _Found | ParseFailure:
     if text is None or not text.strip():
         return ParseFailure(reason="empty reply", text=text or "")
-    return _find_answer(text) or ParseFailure(reason="no final answer", text=text)
+    return find_answer(text) or ParseFailure(reason="no final answer", text=text)
 
 
 def extract_final_answer(text: str | None) -> str | ParseFailure:
@@ -295,34 +295,3 @@ def parse_json_solution(text: str | None) -> ParsedSolution | ParseFailure:
     if not cleaned:
         return ParseFailure(reason="no steps", text=text)
     return ParsedSolution(steps=cleaned, answer=final)
-
-
-_MAX_PLAIN_ANSWER_WORDS = 6
-
-
-def parse_reference_answer(text: str | None, answer_format: str = "auto") -> str | ParseFailure:
-    """The final answer of a dataset's reference: GSM8K '#### 72', MATH '\\boxed{…}', or plain."""
-    if text is None or not str(text).strip():
-        return ParseFailure(reason="empty reference answer", text="" if text is None else str(text))
-    text = str(text)
-    if answer_format in ("auto", "gsm8k") and "####" in text:
-        answer = clean_answer(text.rsplit("####", 1)[1])
-        if answer:
-            return answer
-    if answer_format in ("auto", "boxed"):
-        boxed = [b for b in _boxed_contents(text) if b[2].strip()]
-        if boxed:
-            return boxed[-1][2].strip()
-    if answer_format == "auto":
-        found = _find_answer(text)
-        if found:
-            return found.answer
-        plain = clean_answer(text) if "####" not in text and "\n" not in text.strip() else ""
-        # A bare answer is a value ("72", "\\frac{1}{2}", "Monday"), not a sentence of prose.
-        if plain and len(plain.split()) <= _MAX_PLAIN_ANSWER_WORDS:
-            return plain
-    if answer_format == "plain":
-        return text.strip()
-    return ParseFailure(
-        reason=f"no final answer in the reference ({answer_format} format)", text=text
-    )

@@ -31,6 +31,7 @@ from mshep.records import (
     Rollout,
     RolloutStatus,
     Solution,
+    Stage,
     Usage,
 )
 
@@ -129,6 +130,7 @@ def generate_solutions(
     backend: Backend, problems: Sequence[Problem], stage: ModelStage, m: int, stage_name: str
 ) -> Generated:
     """M solutions per problem through n-sampling: one request per problem, all in one call."""
+    stage_name = str(stage_name)  # a `Stage` member's value: it enters the request seeds
     sampling = stage.sampling
     fmt = response_format(SOLUTION_SCHEMA) if stage.structured_output else None
     requests = [
@@ -183,7 +185,7 @@ class Labelled:
     prefixes: int = 0  # (solution, prefix) pairs rolled out, N rollouts each
 
 
-FILTER_STAGE = "filter"
+FILTER_STAGE = Stage.FILTER.value
 ALL_RIGHT = "all candidates right"
 ALL_WRONG = "all candidates wrong"
 
@@ -215,7 +217,7 @@ def _rollout_request(
 ) -> GenerationRequest:
     sampling = cfg.sampling
     prefix = target.solution.steps[: query.prefix_len]
-    seed_parts = (target.problem_id, "complete", target.solution.index, query.prefix_len)
+    seed_parts = (target.problem_id, Stage.COMPLETE.value, target.solution.index, query.prefix_len)
     return GenerationRequest(
         messages=completer_messages(target.question, prefix, cfg.prompts, cfg.structured_output),
         n=cfg.N,
@@ -226,7 +228,7 @@ def _rollout_request(
         seed=derive_seed(sampling.seed, *seed_parts),
         response_format=response_format(ROLLOUT_SCHEMA) if cfg.structured_output else None,
         model=cfg.model,
-        tag=f"complete/{target.problem_id}/{target.solution.index}/{query.prefix_len}",
+        tag=f"{Stage.COMPLETE.value}/{target.problem_id}/{target.solution.index}/{query.prefix_len}",
     )
 
 

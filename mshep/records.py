@@ -11,6 +11,17 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict, Field
 
 
+class Stage(StrEnum):
+    """The stages of a run, in order: task names, shard folders and failure reasons use these."""
+
+    LOAD = "load"
+    GOLDEN = "golden"
+    GENERATE = "generate"
+    FILTER = "filter"
+    COMPLETE = "complete"
+    WRITE = "write"
+
+
 class Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

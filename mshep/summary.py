@@ -9,22 +9,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mshep.records import Failure, Hard, LabelledSolution, LabelSource, Usage
-
-
-class ShardRef(BaseModel):
-    """What a stage task returns: where its shard data is, and counts — never the data itself."""
-
-    model_config = ConfigDict(extra="forbid")
-    stage: str
-    shard: int
-    path: str
-    digest: str = Field(default="", description="sha256 of the shard file: content in cache keys.")
-    problems: int = 0
-    items: int = 0
-    failures: list[Failure] = Field(default_factory=list)
-    usage: Usage = Field(default_factory=Usage)
-    rounds: int = 0
+from mshep.records import Failure, Hard, LabelledSolution, LabelSource, Stage, Usage
+from mshep.shards import ShardRef
 
 
 class StageSummary(BaseModel):
@@ -37,7 +23,7 @@ class StageSummary(BaseModel):
     )
 
 
-COMPLETION_STAGE = "complete"
+COMPLETION_STAGE = Stage.COMPLETE.value
 
 
 class QualityReport(BaseModel):
@@ -137,6 +123,9 @@ class RunSummary(BaseModel):
     outputs: dict[str, list[str]] = Field(default_factory=dict)
     wall_time_s: float = 0.0
     quality: QualityReport | None = None
+    checks: list[str] = Field(
+        default_factory=list, description="What the checks before the run found (endpoints, rows)."
+    )
 
     def lines(self) -> list[str]:
         """A short human report for logs and the CLI."""

@@ -120,7 +120,7 @@ def test_options_and_set_override_the_config_file(
     expected["completer"].update(N=3, model="small")
     expected["completer"]["sampling"]["temperature"] = 0.9
     expected["output"]["path"] = str(tmp_path / "out")
-    expected["backend"]["base_url"] = "http://127.0.0.1:8000/v1"
+    expected["serving"]["base_url"] = "http://127.0.0.1:8000/v1"
     assert config.model_dump() == expected
 
 
@@ -351,7 +351,7 @@ def test_the_token_variable_can_be_renamed(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, no_network: None
 ) -> None:
     monkeypatch.delenv("MY_TOKEN", raising=False)
-    code, _, err = run_cli(capsys, "check", "--set", "backend.token_env=MY_TOKEN")
+    code, _, err = run_cli(capsys, "check", "--set", "serving.token_env=MY_TOKEN")
     assert code == 1 and "set the environment variable MY_TOKEN" in err
 
 

@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from mshep.config import HttpBackendConfig, RunConfig, VllmBackendConfig
+from mshep.config import RunConfig, ServingConfig
 
 
 def test_defaults_are_the_recipe_run_with_sane_limits():
@@ -9,23 +9,23 @@ def test_defaults_are_the_recipe_run_with_sane_limits():
     assert config.dataset.source == "openai/gsm8k"
     assert (config.generator.M, config.completer.N) == (4, 4)
     assert config.golden.source == "reference"
-    assert isinstance(config.backend, HttpBackendConfig)
+    assert isinstance(config.serving, ServingConfig) and config.serving.kind == "http"
 
 
 def test_round_trips_through_json_as_a_flow_parameter_does():
     config = RunConfig.model_validate(
-        {"backend": {"kind": "vllm", "tensor_parallel_size": 8}, "completer": {"N": 8}}
+        {"serving": {"kind": "vllm", "tensor_parallel_size": 8}, "completer": {"N": 8}}
     )
     again = RunConfig.model_validate_json(config.model_dump_json())
-    assert again == config and isinstance(again.backend, VllmBackendConfig)
+    assert again == config and again.serving.kind == "vllm"
 
 
 def test_stage_backend_overrides_the_run_backend():
     config = RunConfig.model_validate(
-        {"golden": {"source": "model", "backend": {"base_url": "http://strong:8000/v1"}}}
+        {"golden": {"source": "model"}, "serving": {"golden_base_url": "http://strong:8000/v1"}}
     )
-    golden, generator = config.backend_for(config.golden), config.backend_for(config.generator)
-    assert isinstance(golden, HttpBackendConfig) and isinstance(generator, HttpBackendConfig)
+    golden, generator = config.serving.for_stage("golden"), config.serving.for_stage("generator")
+    assert isinstance(golden, ServingConfig) and isinstance(generator, ServingConfig)
     assert golden.base_url == "http://strong:8000/v1"
     assert generator.base_url is None
 
@@ -37,7 +37,7 @@ def test_stage_backend_overrides_the_run_backend():
         ({"completer": {"N": 1000}}, "completer.N"),
         ({"completer": {"strategy": "magic"}}, "completer.strategy"),
         ({"generator": {"sampling": {"max_tokens": 4}}}, "generator.sampling.max_tokens"),
-        ({"backend": {"kind": "grpc"}}, "backend"),
+        ({"serving": {"kind": "grpc"}}, "serving.kind"),
         ({"dataset": {"colum": "q"}}, "dataset.colum"),
     ],
 )

@@ -28,7 +28,7 @@ def write_config(tmp_path: Path, sim: SimulatedMathModel, data: Path, output: st
         "dataset": {"source": str(data), "limit": QUESTIONS},
         "generator": {"M": 2, "model": "sim"},
         "completer": {"N": 2, "model": "sim"},
-        "backend": {"base_url": sim.base_url, "concurrency": 16, "timeout_s": 10},
+        "serving": {"base_url": sim.base_url, "concurrency": 16, "timeout_s": 10},
         "output": {"path": output, "formats": ["raw", "trl"], "file_types": ["jsonl"]},
         "execution": {"shard_size": SHARD, "workers": 2},
     }

@@ -25,7 +25,7 @@ def run(sim: SimulatedMathModel, data: Path, output: Path) -> dict[str, Any]:
             "dataset": {"source": str(data), "limit": QUESTIONS},
             "generator": {"M": 4, "model": "sim"},
             "completer": {"N": 4, "model": "sim"},
-            "backend": {"base_url": sim.base_url, "concurrency": 64, "timeout_s": 10},
+            "serving": {"base_url": sim.base_url, "concurrency": 64, "timeout_s": 10},
             "output": {"path": str(output)},
             "execution": {"shard_size": 20},
         }
@@ -117,14 +117,10 @@ def test_golden_from_a_strong_model(prefect_harness: None, gsm8k_test: Path, tmp
         config = RunConfig.model_validate(
             {
                 "dataset": {"source": str(gsm8k_test), "limit": 10, "answer_column": None},
-                "golden": {
-                    "source": "model",
-                    "model": "strong",
-                    "backend": {"base_url": strong.base_url},
-                },
+                "golden": {"source": "model", "model": "strong"},
                 "generator": {"M": 2, "model": "weak"},
                 "completer": {"N": 2, "model": "weak"},
-                "backend": {"base_url": weak.base_url},
+                "serving": {"base_url": weak.base_url, "golden_base_url": strong.base_url},
                 "output": {"path": str(tmp_path)},
             }
         )
@@ -164,7 +160,7 @@ def test_difficulty_filter_drops_uniform_questions_and_counts_them(
                 "dataset": {"source": str(gsm8k_test), "limit": 20},
                 "generator": {"M": 4, "model": "sim"},
                 "completer": {"N": 2, "model": "sim", "difficulty_filter": True},
-                "backend": {"base_url": sim.base_url},
+                "serving": {"base_url": sim.base_url},
                 "output": {"path": str(tmp_path), "formats": ["raw"]},
             }
         )

@@ -36,7 +36,7 @@ def config_for(sim: SimulatedMathModel, data: Path) -> RunConfig:
             "dataset": {"source": str(data), "limit": QUESTIONS},
             "generator": {"M": 2, "model": "sim"},
             "completer": {"N": 2, "model": "sim"},
-            "backend": {"base_url": sim.base_url, "concurrency": 16, "timeout_s": 10},
+            "serving": {"base_url": sim.base_url, "concurrency": 16, "timeout_s": 10},
             "output": {"path": OUTPUT, "formats": ["raw"], "file_types": ["jsonl"]},
             "execution": {
                 "shard_size": SHARD,
@@ -80,7 +80,7 @@ def task_run_states(tag: str) -> dict[str, list[str]]:
         )
     states: dict[str, list[str]] = {}
     for task_run in runs:
-        name = task_run.name.split("-")[0]
+        name = task_run.name.split(" ")[0]
         if name in ("generate", "complete"):  # load and write run in the flow's process
             states.setdefault(name, []).append(str(task_run.state_name))
     return {name: sorted(names) for name, names in states.items()}

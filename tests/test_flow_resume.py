@@ -23,7 +23,7 @@ def config_for(sim: SimulatedMathModel, data: Path, output: Path, **changes: Any
         "dataset": {"source": str(data), "limit": QUESTIONS},
         "generator": {"M": 2, "model": "sim"},
         "completer": {"N": 2, "model": "sim"},
-        "backend": {"base_url": sim.base_url, "concurrency": 32, "timeout_s": 10},
+        "serving": {"base_url": sim.base_url, "concurrency": 32, "timeout_s": 10},
         "output": {"path": str(output), "formats": ["raw"], "file_types": ["jsonl"]},
         "execution": {"shard_size": SHARD},
     }
@@ -80,9 +80,9 @@ def test_serving_settings_do_not_invalidate(first_run, sim, gsm8k_test):
         sim,
         gsm8k_test,
         output,
-        backend__concurrency=5,
-        backend__max_retries=2,
-        backend__token_env="OTHER_TOKEN",
+        serving__concurrency=5,
+        serving__max_retries=2,
+        serving__token_env="OTHER_TOKEN",
         execution__workers=2,
     )
     _, asked = run(changed, sim)
@@ -133,3 +133,36 @@ def test_cache_off_recomputes_everything(first_run, sim, gsm8k_test):
     _, asked = run(config_for(sim, gsm8k_test, output, execution__cache=False), sim)
     assert asked["generate"] == QUESTIONS and asked["complete"] > 0
     assert raw_rows(output) == rows  # derived seeds: the same requests give the same dataset
+
+
+def test_changed_labelling_code_recomputes_completion_and_unchanged_code_resumes(
+    first_run, sim, gsm8k_test, monkeypatch: pytest.MonkeyPatch
+):
+    """An upgrade that changes the code of the completion stage (labelling, answers, parsing,
+    prompts) changes its key: its shards are redone, generation is reused; the next run with the
+    same code reuses everything. The changed code is simulated by a changed code digest."""
+    from mshep import shards
+    from mshep.records import Stage
+
+    output, _, rows = first_run
+    original = shards.code_digest
+    monkeypatch.setattr(
+        shards, "code_digest", lambda stage: "new" if stage is Stage.COMPLETE else original(stage)
+    )
+    summary, asked = run(config_for(sim, gsm8k_test, output), sim)
+    assert asked["generate"] == 0 and asked["complete"] > 0
+    assert summary["stages"]["generate"]["reused_shards"] == QUESTIONS // SHARD
+    assert summary["stages"]["complete"]["reused_shards"] == 0
+    assert raw_rows(output) == rows  # same seeds, same labels
+    _, asked = run(config_for(sim, gsm8k_test, output), sim)
+    assert asked == {"generate": 0, "complete": 0, "unknown": 0}
+
+
+def test_the_code_digest_covers_the_modules_a_stage_runs() -> None:
+    from mshep.records import Stage
+    from mshep.shards import STAGE_CODE, code_digest
+
+    assert {"labelling", "answers", "parsing", "prompts"} <= set(STAGE_CODE[Stage.COMPLETE])
+    assert "labelling" not in STAGE_CODE[Stage.GENERATE]
+    assert code_digest(Stage.COMPLETE) != code_digest(Stage.GENERATE)
+    assert len(code_digest(Stage.LOAD)) == 16

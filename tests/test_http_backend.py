@@ -24,10 +24,10 @@ from typing import Any
 
 import pytest
 
-from mshep.backends import VLLM_MISSING, make_backend
+from mshep.backends import VLLM_NOT_YET, make_backend
 from mshep.backends.base import GenerationRequest
 from mshep.backends.http import HttpBackend
-from mshep.config import HttpBackendConfig, VllmBackendConfig
+from mshep.config import ServingConfig
 from mshep.errors import BackendUnavailable, MissingDependency, MissingToken
 from mshep.prompts import response_format
 
@@ -192,11 +192,12 @@ def _no_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
 def backend_for(server: ScriptedServer | None, **overrides: Any) -> HttpBackend:
     values: dict[str, Any] = {"token_env": TOKEN_ENV, "max_retries": 2, "timeout_s": 5.0}
     values["base_url"] = server.base_url if server is not None else None
-    config = HttpBackendConfig(**(values | overrides))
-    return HttpBackend(config, "test-model", backoff_s=0.01, max_backoff_s=0.05)
+    config = ServingConfig(**(values | overrides))
+    return HttpBackend(config, backoff_s=0.01, max_backoff_s=0.05)
 
 
 def ask(text: str = "hello", **fields: Any) -> GenerationRequest:
+    fields.setdefault("model", "test-model")
     return GenerationRequest(messages=[{"role": "user", "content": text}], **fields)
 
 
@@ -405,7 +406,7 @@ def test_check_unreachable_port_names_the_url() -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}/v1"
-    backend = HttpBackend(HttpBackendConfig(base_url=url, token_env=TOKEN_ENV), "m")
+    backend = HttpBackend(ServingConfig(base_url=url, token_env=TOKEN_ENV))
     with pytest.raises(BackendUnavailable, match=f"cannot reach {url}"):
         backend.check()
 
@@ -447,11 +448,11 @@ def test_generate_works_inside_a_running_event_loop(serve: Callable[..., Scripte
 
 
 def test_make_backend() -> None:
-    backend = make_backend(HttpBackendConfig(base_url="http://127.0.0.1:1/v1"), "m")
+    backend = make_backend(ServingConfig(base_url="http://127.0.0.1:1/v1"))
     assert isinstance(backend, HttpBackend) and backend.name == "http"
-    with pytest.raises(MissingDependency, match=r"mshep\[vllm\]"):
-        make_backend(VllmBackendConfig(), "m")
-    assert "not available in this build" in VLLM_MISSING
+    with pytest.raises(MissingDependency, match="vllm serve"):
+        make_backend(ServingConfig(kind="vllm"))
+    assert "serving.kind 'vllm'" in VLLM_NOT_YET
 
 
 def test_importing_backends_loads_no_huggingface_hub() -> None:
@@ -473,13 +474,14 @@ def test_simulated_maths_model_through_faults() -> None:
     config = SimulatorConfig(p_500=0.2, p_malformed=0.1, fault_seed=3, base_latency_s=0.0)
     with simulator.SimulatedMathModel(config, DATA) as sim:
         backend = HttpBackend(
-            HttpBackendConfig(base_url=sim.base_url, token_env=TOKEN_ENV, max_retries=8),
-            "mshep-simulated",
+            ServingConfig(base_url=sim.base_url, token_env=TOKEN_ENV, max_retries=8),
             backoff_s=0.01,
             max_backoff_s=0.05,
         )
         requests = [
-            GenerationRequest(messages=generator_messages(q, PromptConfig()), n=2, seed=i)
+            GenerationRequest(
+                messages=generator_messages(q, PromptConfig()), n=2, seed=i, model="mshep-simulated"
+            )
             for i, q in enumerate(questions)
         ]
         results = run(backend, requests)

@@ -14,10 +14,11 @@ import pytest
 import yaml
 from pydantic import BaseModel, Field
 
+from flows.secrets import hub_token
 from mshep.card import dataset_card
 from mshep.config import OutputConfig, RunConfig
 from mshep.errors import MissingToken, MshepError
-from mshep.hub import hub_token, push_dataset
+from mshep.hub import push_dataset
 from mshep.io import write_dataset
 from mshep.summary import RunSummary, StageSummary
 from tests.fake_hub import FakeHub
@@ -103,6 +104,11 @@ def make_summary(files: dict[str, list[str]]) -> RunSummary:
     )
 
 
+def push(config: RunConfig, summary: RunSummary, token: str, endpoint: str) -> str:
+    """The flow's way: the card rendered once, then pushed with the files it lists."""
+    return push_dataset(config, summary, dataset_card(config, summary), token, endpoint=endpoint)
+
+
 def front_matter(card: str) -> dict[str, Any]:
     assert card.startswith("---\n")
     return dict(yaml.safe_load(card.split("\n---\n", 1)[0][4:]))
@@ -114,7 +120,7 @@ def test_push_creates_the_repo_and_commits_every_file_and_the_card(
 ) -> None:
     config = make_config(tmp_path, private=private)
     files = write_outputs(config)
-    url = push_dataset(config, make_summary(files), files, TOKEN, endpoint=hub.endpoint)
+    url = push(config, make_summary(files), TOKEN, endpoint=hub.endpoint)
 
     assert url == f"{hub.endpoint}/datasets/{REPO}"
     repo = hub.repo(REPO)
@@ -135,7 +141,7 @@ def test_push_to_an_existing_repo_adds_a_commit(tmp_path: Path, hub: FakeHub) ->
     config = make_config(tmp_path)
     files = write_outputs(config)
     for _ in range(2):
-        push_dataset(config, make_summary(files), files, TOKEN, endpoint=hub.endpoint)
+        push(config, make_summary(files), TOKEN, endpoint=hub.endpoint)
     assert len(hub.repo(REPO).commits) == 2
     assert [r.path for r in hub.requests if r.path == "/api/repos/create"] == [
         "/api/repos/create"
@@ -149,7 +155,7 @@ def test_push_reads_files_through_fsspec(tmp_path: Path, hub: FakeHub) -> None:
     with fsspec.open(remote, "wb") as handle:
         handle.write(b'{"prompt": "q", "completions": ["Step 1: x"], "labels": [true]}\n')
     files = {"trl": [remote]}
-    push_dataset(config, make_summary(files), files, TOKEN, endpoint=hub.endpoint)
+    push(config, make_summary(files), TOKEN, endpoint=hub.endpoint)
     with fsspec.open(remote, "rb") as handle:
         assert hub.repo(REPO).files["trl/data.jsonl"] == handle.read()
 
@@ -160,7 +166,7 @@ def test_card_configs_load_with_datasets(tmp_path: Path, hub: FakeHub) -> None:
 
     config = make_config(tmp_path)
     files = write_outputs(config)
-    push_dataset(config, make_summary(files), files, TOKEN, endpoint=hub.endpoint)
+    push(config, make_summary(files), TOKEN, endpoint=hub.endpoint)
     clone = tmp_path / "clone"
     for path, data in hub.repo(REPO).files.items():
         (clone / path).parent.mkdir(parents=True, exist_ok=True)
@@ -234,7 +240,7 @@ def test_card_renders_a_quality_report_when_the_summary_has_one(tmp_path: Path) 
 
 def test_card_cuts_credentials_out_of_urls(tmp_path: Path) -> None:
     config = make_config(tmp_path)
-    config.backend = config.backend.model_copy(update={"base_url": "http://me:pw@host:8000/v1"})
+    config.serving = config.serving.model_copy(update={"base_url": "http://me:pw@host:8000/v1"})
     card = dataset_card(config, make_summary(write_outputs(config)))
     assert "me:pw" not in card and "http://***@host:8000/v1" in card
 
@@ -273,7 +279,7 @@ def test_token_goes_only_into_the_authorization_header(
     config = make_config(tmp_path)
     files = write_outputs(config)
     summary = make_summary(files)
-    url = push_dataset(config, summary, files, hub_token(config.output), endpoint=hub.endpoint)
+    url = push(config, summary, hub_token(config.output), endpoint=hub.endpoint)
 
     assert hub.requests and all(
         r.headers["authorization"] == f"Bearer {TOKEN}" for r in hub.requests
@@ -292,7 +298,7 @@ def test_a_refused_token_is_a_clear_error_without_the_token(tmp_path: Path, hub:
     files = write_outputs(config)
     wrong = "hf_wrong_token_value_42"
     with pytest.raises(MshepError, match=REPO) as raised:
-        push_dataset(config, make_summary(files), files, wrong, endpoint=hub.endpoint)
+        push(config, make_summary(files), wrong, endpoint=hub.endpoint)
     assert wrong not in str(raised.value)
     assert "401" in str(raised.value)
     assert hub.repos == {}
@@ -302,7 +308,7 @@ def test_the_fake_hub_saw_only_the_write_endpoints(tmp_path: Path, hub: FakeHub)
     """If huggingface_hub starts calling another endpoint, this says which."""
     config = make_config(tmp_path)
     files = write_outputs(config)
-    push_dataset(config, make_summary(files), files, TOKEN, endpoint=hub.endpoint)
+    push(config, make_summary(files), TOKEN, endpoint=hub.endpoint)
     assert [(r.method, r.path.split("?")[0]) for r in hub.requests] == [
         ("POST", "/api/repos/create"),
         ("POST", "/api/validate-yaml"),
@@ -317,4 +323,4 @@ def test_an_unreachable_hub_is_a_clear_error(tmp_path: Path) -> None:
     with FakeHub(TOKEN) as gone:
         endpoint = gone.endpoint
     with pytest.raises(MshepError, match=f"{REPO}.*failed"):
-        push_dataset(config, make_summary(files), files, TOKEN, endpoint=endpoint)
+        push(config, make_summary(files), TOKEN, endpoint=endpoint)

@@ -12,10 +12,10 @@ from mshep.parsing import (
     clean_answer,
     extract_final_answer,
     parse_json_solution,
-    parse_reference_answer,
     parse_solution,
     split_steps,
 )
+from mshep.references import parse_reference_answer
 
 
 def parsed(text: str | None) -> ParsedSolution:

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import pytest
 
 from mshep.answers import answers_match
-from mshep.parsing import ParsedSolution, parse_reference_answer, parse_solution
+from mshep.parsing import ParsedSolution, parse_solution
+from mshep.references import parse_reference_answer
 
 DATA = pathlib.Path(__file__).parent / "data" / "gsm8k"
 MODELS = ("6b_finetuning", "6b_verification", "175b_finetuning", "175b_verification")

@@ -1,4 +1,4 @@
-"""One regression test per bug of the distilabel 1.5.3 recipe listed in DESIGN.md."""
+"""One regression test per bug of the distilabel 1.5.3 recipe listed in docs/design.md."""
 
 from mshep.backends.base import Completion
 from mshep.backends.fake import FakeBackend

@@ -72,7 +72,7 @@ def secret_run(
             "dataset": {"source": str(gsm8k_test), "limit": 12},
             "generator": {"M": 2, "model": "sim"},
             "completer": {"N": 2, "model": "sim"},
-            "backend": {"base_url": sim.base_url, "token_env": "MSHEP_TEST_API_KEY"},
+            "serving": {"base_url": sim.base_url, "token_env": "MSHEP_TEST_API_KEY"},
             "output": {"path": OUTPUT, "push_to_hub": "team/prm-data", "private": True},
             "execution": {"shard_size": 4},
         }
@@ -107,7 +107,7 @@ def test_the_prefect_api_holds_no_secret(secret_run):
     records = api_records()
     # Prefect 3 keeps cache keys with the results (file names under .work/results, checked
     # below with the s3 files), not in the API; task runs hold their inputs' references only.
-    assert "push-to-hub" in records["task runs"] and len(records["logs"]) > 1000
+    assert "push to hub" in records["task runs"] and len(records["logs"]) > 1000
     assert {where: leaked(text) for where, text in records.items()} == {key: [] for key in records}
 
 

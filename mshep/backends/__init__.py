@@ -6,39 +6,31 @@ library (huggingface_hub, vllm): the core stays importable without them.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from typing import TYPE_CHECKING
 
 from mshep.errors import MissingDependency
 
 if TYPE_CHECKING:
     from mshep.backends.base import Backend
-    from mshep.config import HttpBackendConfig, VllmBackendConfig
+    from mshep.config import ServingConfig
 
 __all__ = ["make_backend"]
 
-VLLM_MISSING = (
-    "the vllm backend needs `pip install mshep[vllm]` in the Ray worker environment; "
-    "it is not available in this build"
+VLLM_NOT_YET = (
+    "serving.kind 'vllm' (a vLLM engine in a Ray actor) is not in this version of mshep yet: "
+    "serve the model with `vllm serve` and use serving.kind 'http' with serving.base_url"
 )
 
 
-def make_backend(config: HttpBackendConfig | VllmBackendConfig, model: str) -> Backend:
-    """The backend a config names, for `model`; not entered yet (use it as a context manager)."""
-    if config.kind == "http":
-        from mshep.backends.http import HttpBackend
-
-        return HttpBackend(config, model)
-    if config.kind == "vllm":
-        return _vllm_backend(config, model)
-    raise ValueError(f"unknown backend kind {config.kind!r}")
-
-
-def _vllm_backend(config: VllmBackendConfig, model: str) -> Backend:
-    # The vllm module is written separately and may be absent from this build.
-    if importlib.util.find_spec("mshep.backends.vllm") is None:
-        raise MissingDependency(VLLM_MISSING)
-    module = importlib.import_module("mshep.backends.vllm")
-    backend: Backend = module.VllmBackend(config, model)
-    return backend
+def make_backend(serving: ServingConfig) -> Backend:
+    """The backend a serving config names; not entered yet (use it as a context manager).
+    Requests name their model: the backend is where they go, not what they ask."""
+    if serving.kind == "http":
+        try:
+            from mshep.backends.http import HttpBackend
+        except ImportError as error:  # a core-only install: no huggingface_hub / tenacity
+            raise MissingDependency(
+                f"the http backend needs `pip install mshep[flow]` ({error.name} is missing)"
+            ) from error
+        return HttpBackend(serving)
+    raise MissingDependency(VLLM_NOT_YET)

@@ -29,7 +29,7 @@ class GenerationRequest(BaseModel):
     seed: int | None = None
     stop: list[str] | None = None
     response_format: dict[str, Any] | None = None
-    model: str | None = None
+    model: str = Field(min_length=1, description="The model asked; the backend does not know it.")
     tag: str = Field(default="", description="The caller's id for the request (logs, tests).")
 
 

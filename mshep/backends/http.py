@@ -17,81 +17,34 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import email.utils
-import importlib
-import json
 import os
 import threading
-import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import asdict, dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from huggingface_hub import AsyncInferenceClient, constants
-from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError, OfflineModeIsEnabled
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential_jitter,
-)
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from mshep.backends.base import BackendBase, Completion, GenerationRequest, GenerationResult
-from mshep.config import HttpBackendConfig
+from mshep.backends.base import BackendBase, GenerationRequest, GenerationResult
+from mshep.backends.http_replies import (
+    AUTH_STATUSES,
+    HttpStats,
+    Reply,
+    RetryWait,
+    failure_reason,
+    merge_replies,
+    read_reply,
+    refused,
+    retryable,
+)
+from mshep.config import ServingConfig
 from mshep.errors import BackendUnavailable, MissingToken
-from mshep.records import Usage
 
 BACKOFF_S = 0.5  # first retry wait; doubles per retry, plus up to as much jitter
 MAX_BACKOFF_S = 30.0
-MAX_RETRY_AFTER_S = 120.0  # a server asking for longer is treated as asking for this
 CHECK_TIMEOUT_S = 5.0
-_AUTH_STATUSES = frozenset({401, 403})
-_RETRY_AFTER_STATUSES = frozenset({429, 503})
 _T = TypeVar("_T")
-
-
-def _transport_errors() -> tuple[type[BaseException], ...]:
-    """Connection-level errors of the HTTP libraries huggingface_hub may use (httpx2, httpx)."""
-    found: list[type[BaseException]] = []
-    for name in ("httpx2", "httpx"):
-        try:
-            found.append(importlib.import_module(name).TransportError)
-        except (ImportError, AttributeError):
-            continue
-    return tuple(found)
-
-
-_TRANSPORT_ERRORS = _transport_errors()
-
-
-@dataclass
-class HttpStats:
-    """Counters for the run summary; `requests` counts HTTP calls, retries included."""
-
-    requests: int = 0
-    retries: int = 0
-    failures: int = 0  # calls given up (retries spent or not retryable); n of them without n
-
-    def add(self, other: HttpStats) -> None:
-        self.requests += other.requests
-        self.retries += other.retries
-        self.failures += other.failures
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class _Reply:
-    completions: list[Completion]
-    usage: Usage
-    model: str
-
-
-class MalformedReply(ValueError):
-    """A 200 whose body is not a chat completion (truncated, not JSON, no choices)."""
 
 
 class _AsGiven(dict[str, Any]):
@@ -105,113 +58,6 @@ class _AsGiven(dict[str, Any]):
 
     def get(self, key: str, default: Any = None) -> Any:
         return default if key == "type" else super().get(key, default)
-
-
-# A malformed 200 shows up as a decoding error (JSON or UTF-8) or as a reply without choices.
-_RETRY_ERRORS: tuple[type[BaseException], ...] = (
-    InferenceTimeoutError,
-    TimeoutError,
-    MalformedReply,
-    json.JSONDecodeError,
-    UnicodeDecodeError,
-)
-
-
-def _status(exc: BaseException) -> int | None:
-    response = getattr(exc, "response", None)
-    status = getattr(response, "status_code", None)
-    return status if isinstance(status, int) else None
-
-
-def _retryable(exc: BaseException) -> bool:
-    if isinstance(exc, HfHubHTTPError):
-        status = _status(exc)
-        return status is not None and (status in (408, 429) or status >= 500)
-    if isinstance(exc, OfflineModeIsEnabled):
-        return False  # HF_HUB_OFFLINE blocks every call: waiting will not change that
-    return isinstance(exc, _RETRY_ERRORS + _TRANSPORT_ERRORS)
-
-
-def retry_after_s(exc: BaseException | None) -> float | None:
-    """Seconds a 429/503 asks to wait (Retry-After as seconds or an HTTP date), if it says."""
-    if not isinstance(exc, HfHubHTTPError) or _status(exc) not in _RETRY_AFTER_STATUSES:
-        return None
-    value = exc.response.headers.get("retry-after") if exc.response is not None else None
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError):
-            return None
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
-
-
-class RetryWait:
-    """Tenacity wait: the server's Retry-After when it gives one, else exponential + jitter."""
-
-    def __init__(self, backoff_s: float, max_backoff_s: float) -> None:
-        self.fallback = wait_exponential_jitter(
-            multiplier=backoff_s, max=max_backoff_s, jitter=backoff_s
-        )
-
-    def __call__(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome is not None else None
-        asked = retry_after_s(exc)
-        return asked if asked is not None else float(self.fallback(state))
-
-
-def _completion(choice: Any, tokens: int | None) -> Completion:
-    message = getattr(choice, "message", None)
-    text = getattr(message, "content", None)
-    finish = "length" if getattr(choice, "finish_reason", None) == "length" else "stop"
-    return Completion(
-        text=text if isinstance(text, str) else None,
-        finish_reason=finish,
-        completion_tokens=tokens,
-    )
-
-
-def read_reply(output: Any, default_model: str) -> _Reply:
-    """A ChatCompletionOutput → completions, usage and model; MalformedReply if it is not one."""
-    choices = getattr(output, "choices", None)
-    if not isinstance(choices, list):
-        raise MalformedReply("the reply has no list of choices")
-    usage = getattr(output, "usage", None)
-    prompt = getattr(usage, "prompt_tokens", None)
-    completion = getattr(usage, "completion_tokens", None)
-    # Tokens are known per completion only when the call returned exactly one.
-    per_choice = completion if isinstance(completion, int) and len(choices) == 1 else None
-    model = getattr(output, "model", None)
-    return _Reply(
-        completions=[_completion(choice, per_choice) for choice in choices],
-        usage=Usage(
-            requests=1,
-            prompt_tokens=prompt if isinstance(prompt, int) else 0,
-            completion_tokens=completion if isinstance(completion, int) else 0,
-        ),
-        model=model if isinstance(model, str) and model else default_model,
-    )
-
-
-def merge_replies(
-    request: GenerationRequest, outcomes: Sequence[_Reply | str], model: str
-) -> GenerationResult:
-    """The calls of one request (one call with n, or n calls of one) as one result; failed
-    calls as error completions, or a failed result when none succeeded."""
-    replies = [outcome for outcome in outcomes if isinstance(outcome, _Reply)]
-    errors = [outcome for outcome in outcomes if isinstance(outcome, str)]
-    if not replies:
-        return GenerationResult.failed(request, errors[0], model=model)
-    completions = [c for reply in replies for c in reply.completions]
-    completions += [Completion(finish_reason="error") for _ in errors]
-    error = f"{len(errors)} of {len(outcomes)} calls failed: {errors[0]}" if errors else None
-    usage = sum((reply.usage for reply in replies), Usage())
-    return GenerationResult(
-        completions=completions, usage=usage, model=replies[0].model, error=error
-    )
 
 
 def run_coroutine(factory: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
@@ -232,14 +78,12 @@ class HttpBackend(BackendBase):
 
     def __init__(
         self,
-        config: HttpBackendConfig,
-        model: str,
+        config: ServingConfig,
         *,
         backoff_s: float = BACKOFF_S,
         max_backoff_s: float = MAX_BACKOFF_S,
     ) -> None:
         self.config = config
-        self.model = model
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self.stats = HttpStats()
@@ -249,8 +93,7 @@ class HttpBackend(BackendBase):
 
     def __repr__(self) -> str:
         return (
-            f"HttpBackend(model={self.model!r}, base_url={self.config.base_url!r}, "
-            f"token_env={self.config.token_env!r})"
+            f"HttpBackend(base_url={self.config.base_url!r}, token_env={self.config.token_env!r})"
         )
 
     def __getstate__(self) -> dict[str, Any]:
@@ -286,12 +129,9 @@ class HttpBackend(BackendBase):
         if token is None and self.config.base_url is None:
             raise MissingToken(
                 f"Hugging Face Inference needs an API token: set the environment variable {env} "
-                "(or point backend.token_env at the variable that holds it)"
+                "(or point serving.token_env at the variable that holds it)"
             )
         return token
-
-    def _model_for(self, request: GenerationRequest) -> str:
-        return request.model or self.model
 
     def check(self) -> None:
         """Preflight: the token is set and, for a server, GET /models answers and accepts it."""
@@ -343,7 +183,7 @@ class HttpBackend(BackendBase):
         slots: asyncio.Semaphore,
         stats: HttpStats,
     ) -> GenerationResult:
-        model = self._model_for(request)
+        model = request.model
         if self.config.supports_n or request.n == 1:
             outcome = await self._call(client, request, request.n, request.seed, slots, stats)
             return merge_replies(request, [outcome], model)
@@ -360,7 +200,7 @@ class HttpBackend(BackendBase):
         seed: int | None,
         slots: asyncio.Semaphore,
         stats: HttpStats,
-    ) -> _Reply | str:
+    ) -> Reply | str:
         """One chat completion with its retries: the reply, or why it failed."""
 
         def count_retry(state: RetryCallState) -> None:
@@ -369,7 +209,7 @@ class HttpBackend(BackendBase):
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.config.max_retries + 1),
             wait=RetryWait(self.backoff_s, self.max_backoff_s),
-            retry=retry_if_exception(_retryable),
+            retry=retry_if_exception(retryable),
             before_sleep=count_retry,
             reraise=True,
         )
@@ -378,7 +218,9 @@ class HttpBackend(BackendBase):
         except Exception as exc:  # one failed request must not sink the batch
             stats.failures += 1
             attempts = int(retrying.statistics.get("attempt_number", 1))
-            return self._reason(exc, attempts, token_sent=bool(client.token))
+            return failure_reason(
+                exc, attempts, bool(client.token), self.config.token_env, self.config.timeout_s
+            )
 
     async def _attempt(
         self,
@@ -388,7 +230,7 @@ class HttpBackend(BackendBase):
         seed: int | None,
         slots: asyncio.Semaphore,
         stats: HttpStats,
-    ) -> _Reply:
+    ) -> Reply:
         fmt = request.response_format
         if fmt and self.config.base_url is not None:
             fmt = _AsGiven(fmt)
@@ -396,7 +238,7 @@ class HttpBackend(BackendBase):
             stats.requests += 1
             output = await client.chat_completion(
                 request.messages,
-                model=self._model_for(request),
+                model=request.model,
                 max_tokens=request.max_tokens,
                 temperature=request.temperature,
                 top_p=request.top_p,
@@ -406,38 +248,7 @@ class HttpBackend(BackendBase):
                 response_format=fmt,  # type: ignore[arg-type]  # OpenAI's dict form
             )
         # Parsed inside the retried attempt, so a malformed 200 is retried like a 5xx.
-        return read_reply(output, self._model_for(request))
-
-    def _reason(self, exc: BaseException, attempts: int, token_sent: bool) -> str:
-        tries = f"after {attempts} attempt{'s' if attempts != 1 else ''}"
-        status = _status(exc) if isinstance(exc, HfHubHTTPError) else None
-        if status in _AUTH_STATUSES:
-            return (
-                f"HTTP {status}: the server {_refused(token_sent, self.config.token_env)} ({tries})"
-            )
-        if status is not None:
-            return f"HTTP {status} {tries}: {_short(exc)}"
-        if isinstance(exc, InferenceTimeoutError | TimeoutError):
-            return f"timed out (timeout_s={self.config.timeout_s}) {tries}"
-        if isinstance(exc, OfflineModeIsEnabled):
-            return f"HF_HUB_OFFLINE is set, so huggingface_hub makes no HTTP call: {_short(exc)}"
-        if isinstance(exc, MalformedReply | json.JSONDecodeError | UnicodeDecodeError):
-            return f"malformed reply {tries}: {_short(exc)}"
-        if isinstance(exc, _TRANSPORT_ERRORS):
-            return f"connection error {tries}: {type(exc).__name__}: {_short(exc)}"
-        return f"{type(exc).__name__} {tries}: {_short(exc)}"
-
-
-def _refused(token_sent: bool, token_env: str) -> str:
-    """What a 401/403 means here, naming the variable to fix."""
-    if token_sent:
-        return f"refused the token in {token_env}"
-    return f"wants a token and none was sent (set {token_env})"
-
-
-def _short(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+        return read_reply(output, request.model)
 
 
 def check_server(base_url: str, token: str | None, token_env: str) -> None:
@@ -450,6 +261,6 @@ def check_server(base_url: str, token: str | None, token_env: str) -> None:
         response = httpx.get(url, headers=headers, timeout=CHECK_TIMEOUT_S)
     except httpx.HTTPError as exc:
         raise BackendUnavailable(f"cannot reach {base_url}: {type(exc).__name__}: {exc}") from exc
-    if response.status_code in _AUTH_STATUSES:
-        what = _refused(bool(token), token_env)
+    if response.status_code in AUTH_STATUSES:
+        what = refused(bool(token), token_env)
         raise BackendUnavailable(f"{base_url} {what}: HTTP {response.status_code} on GET {url}")

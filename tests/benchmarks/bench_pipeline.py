@@ -91,7 +91,7 @@ def main() -> None:
                         "strategy": args.strategy,
                         "witness": not args.no_witness,
                     },
-                    "backend": {"base_url": base_url, "concurrency": args.concurrency},
+                    "serving": {"base_url": base_url, "concurrency": args.concurrency},
                     "output": {"path": out},
                     "execution": {"shard_size": args.shard_size},
                 }

@@ -26,11 +26,11 @@ from bench_pipeline import DATA, start_simulator, stats
 
 from mshep.backends import make_backend
 from mshep.backends.base import Backend
-from mshep.config import CompleterConfig, GeneratorConfig, HttpBackendConfig
+from mshep.config import CompleterConfig, GeneratorConfig, ServingConfig
 from mshep.labelling import LabelTarget
-from mshep.parsing import parse_reference_answer
 from mshep.pipeline import generate_solutions, label_solutions
 from mshep.records import LabelledSolution, Problem
+from mshep.references import parse_reference_answer
 from mshep.summary import StageSummary, quality_report
 from mshep.testing import ReferenceProblem, first_wrong_step, load_reference
 
@@ -131,8 +131,8 @@ def main() -> None:
     simulator, base_url = start_simulator(args)
     report: dict[str, Any] = {"questions": len(problems), "M": args.M, "N": args.N}
     try:
-        config = HttpBackendConfig(base_url=base_url, concurrency=args.concurrency)
-        with make_backend(config, "sim") as backend:
+        config = ServingConfig(base_url=base_url, concurrency=args.concurrency)
+        with make_backend(config) as backend:
             targets = candidates(backend, problems, args.M)
             right = sum(
                 first_wrong_step(refs[t.question.strip()], t.solution.steps) is None

@@ -1,0 +1,168 @@
+"""Storage: the one owner of shards: their names, digests, keys, where they live, when one is done.
+
+A run cuts its questions into shards of `execution.shard_size`. Each stage writes one file per
+shard, `<output>/.work/<stage>-<key>/shard-<n>-<questions digest>.jsonl`, where the stage key
+covers exactly what the stage's output depends on:
+
+- the settings of the stage and of the stages it reads (model, sampling, prompts, M/N, strategy;
+  never where or how the models are served, nor where the tasks run),
+- the mshep version and a digest of the library code the stage runs (parsing, answers,
+  labelling, prompts, ...), so an upgrade that changes labelling recomputes the completion shards
+  and one that does not resumes them.
+
+Files are written whole or not at all (`io.write_records`), so a shard is done exactly when its
+file exists. The flow's task cache keys include the output path, so they inherit all of the above.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+import mshep
+from mshep.config import RunConfig
+from mshep.records import Failure, Problem, Stage, Usage
+
+# The library modules whose code decides each stage's output. `write` is not cached (it reruns
+# every time), so the formats need no digest.
+_SOLVE = ("records", "prompts", "parsing", "pipeline", "backends.base")
+STAGE_CODE: dict[Stage, tuple[str, ...]] = {
+    Stage.LOAD: ("records", "parsing", "references", "io"),
+    Stage.GOLDEN: _SOLVE,
+    Stage.GENERATE: _SOLVE,
+    Stage.COMPLETE: (*_SOLVE, "answers", "labelling"),
+}
+
+
+class ShardRef(BaseModel):
+    """What a stage task returns: where its shard data is, and counts — never the data itself."""
+
+    model_config = ConfigDict(extra="forbid")
+    stage: str
+    shard: int
+    path: str
+    digest: str = Field(default="", description="sha256 of the shard file: content in cache keys.")
+    problems: int = 0
+    items: int = 0
+    failures: list[Failure] = Field(default_factory=list)
+    usage: Usage = Field(default_factory=Usage)
+    rounds: int = 0
+
+
+@functools.cache
+def code_digest(stage: Stage) -> str:
+    """The mshep version and the source of every module `stage` runs, hashed."""
+    sha = hashlib.sha256(mshep.__version__.encode())
+    for name in STAGE_CODE[stage]:
+        spec = importlib.util.find_spec(f"mshep.{name}")
+        if spec is None or spec.origin is None:  # cannot happen in an installed mshep
+            raise RuntimeError(f"mshep.{name} has no source file to digest")
+        sha.update(name.encode() + b"\0" + Path(spec.origin).read_bytes())
+    return sha.hexdigest()[:16]
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short, stable key of settings (pydantic models by their JSON, the rest by repr)."""
+    text = "|".join(
+        p.model_dump_json() if hasattr(p, "model_dump_json") else repr(p) for p in parts
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def stage_keys(config: RunConfig) -> dict[str, str]:
+    """Each stage's key covers its own settings and code and those of the stages it reads."""
+    load = fingerprint(
+        config.dataset,
+        config.golden.source,
+        config.execution.shard_size,
+        code_digest(Stage.LOAD),
+    )
+    golden = fingerprint(load, config.golden, code_digest(Stage.GOLDEN))
+    generate = fingerprint(load, config.generator, code_digest(Stage.GENERATE))
+    reads = golden if config.golden.source == "model" else "reference"
+    complete = fingerprint(reads, generate, config.completer, code_digest(Stage.COMPLETE))
+    return {
+        Stage.LOAD: load,
+        Stage.GOLDEN: golden,
+        Stage.GENERATE: generate,
+        Stage.COMPLETE: complete,
+    }
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a run's files live under its output path (a directory or an s3:// prefix)."""
+
+    root: str
+
+    @classmethod
+    def of(cls, config: RunConfig) -> Layout:
+        return cls(config.output.path.rstrip("/"))
+
+    @property
+    def work(self) -> str:
+        return f"{self.root}/.work"
+
+    @property
+    def results(self) -> str:
+        """Prefect's task results (small `ShardRef`s named by cache key), by default."""
+        return f"{self.work}/results"
+
+    @property
+    def summary(self) -> str:
+        return f"{self.root}/summary.json"
+
+    @property
+    def card(self) -> str:
+        return f"{self.root}/README.md"
+
+    def format_dir(self, name: str) -> str:
+        return f"{self.root}/{name}"
+
+    def shard(self, stage: Stage, key: str, shard: int, questions_digest: str) -> str:
+        return f"{self.work}/{stage.value}-{key}/shard-{shard:05d}-{questions_digest[:12]}.jsonl"
+
+
+def shard_path(config: RunConfig, stage: Stage, shard: int, questions_digest: str) -> str:
+    """Where a stage writes a shard: keyed by the stage's settings and code and the shard's
+    questions, so runs with other settings or code never overwrite what this one resumes from."""
+    return Layout.of(config).shard(stage, stage_keys(config)[stage], shard, questions_digest)
+
+
+def is_done(path: str) -> bool:
+    """A shard is done when its file exists: it is written whole or not at all."""
+    from mshep.io import exists
+
+    return exists(path)
+
+
+def finish_shard(
+    stage: Stage, shard: int, path: str, records: Iterable[BaseModel] | str, **counts: Any
+) -> ShardRef:
+    """Write a shard's data (atomically) and return the reference a task hands on."""
+    from mshep.io import write_records
+
+    sha = write_records(path, records)
+    return ShardRef(stage=stage.value, shard=shard, path=path, digest=sha, **counts)
+
+
+def write_question_shards(config: RunConfig, problems: list[Problem]) -> list[ShardRef]:
+    """Cut the questions into shards of `execution.shard_size` and write each one, named by its
+    content: an unchanged shard keeps its path and digest, so the stages after it resume."""
+    from mshep.io import digest, records_text
+
+    size = config.execution.shard_size
+    refs = []
+    for shard, start in enumerate(range(0, len(problems), size)):
+        text = records_text(problems[start : start + size])
+        path = shard_path(config, Stage.LOAD, shard, digest(text))
+        count = min(size, len(problems) - start)
+        refs.append(finish_shard(Stage.LOAD, shard, path, text, problems=count))
+    return refs
