@@ -71,19 +71,23 @@ class Submitter:
         self.config = config
         self.runner = runner
         self.storage = result_storage(config)
+        self.reused: dict[Stage, int] = dict.fromkeys(Stage, 0)  # shards done before this run
 
     def _submit(
         self, task: Task[..., ShardRef], which: Stage, ref: ShardRef, total: int, /, **kwargs: Any
     ) -> PrefectFuture[ShardRef]:
         out = shard_path(self.config, which, ref.shard, ref.digest)
+        reuse = self.config.execution.cache
+        done = reuse and is_done(out)
+        self.reused[which] += done
         configured = task.with_options(
             name=which.value,
             task_run_name=f"{which.value} shard {ref.shard + 1}/{total}",
             tags=["mshep", which.value],
             result_storage=self.storage,
-            refresh_cache=not self.config.execution.cache or not is_done(out),
+            refresh_cache=not done,
         )
-        parameters = get_call_parameters(configured.fn, (), {**kwargs, "out": out})
+        parameters = get_call_parameters(configured.fn, (), {**kwargs, "out": out, "reuse": reuse})
         with self._resources():
             return self.runner.submit(configured, parameters)
 

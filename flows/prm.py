@@ -16,7 +16,6 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
-from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from pydantic import ValidationError
 
@@ -35,6 +34,7 @@ from mshep.config import (
     explain,
 )
 from mshep.errors import ConfigError, MshepError
+from mshep.failures import RunIncomplete
 from mshep.io import write_json, write_text
 from mshep.records import Failure, Stage
 from mshep.shards import Layout, ShardRef, stage_keys
@@ -133,9 +133,10 @@ def mshep_flow(
         logger.warning("row not used: %s (%s)", failure.reason, failure.detail)
     logger.info("%d rows in, %d usable, %d shards", rows_in, rows_in - len(rejected), len(shards))
     with runner:
-        futures = Submitter(config, runner).submit(shards)
-        refs = {stage: [f.result() for f in pending] for stage, pending in futures.items()}
-        stages = _stages(refs, futures)
+        submitter = Submitter(config, runner)
+        futures = submitter.submit(shards)
+        refs = settle(futures)  # every shard task ends; a failed one fails the run, after
+    stages = _stages(refs, submitter.reused)
     written = write_task(config, refs[Stage.COMPLETE], stages)
     summary = _summarise(rows_in, rejected, refs, stages, written)
     summary.wall_time_s = round(time.monotonic() - started, 3)
@@ -162,17 +163,38 @@ def _finish(config: RunConfig, summary: RunSummary) -> dict[str, Any]:
     return result
 
 
-def reused(futures: list[PrefectFuture[ShardRef]]) -> int:
-    """Shards whose result came from the cache of an earlier run."""
-    return sum(1 for future in futures if future.state.name == "Cached")
+def settle(futures: StageFutures) -> dict[Stage, list[ShardRef]]:
+    """Wait for every shard task, so each finished one is saved; then, if any failed, fail the
+    run naming the first cause: a run that lost rows to the infrastructure never exits 0."""
+    refs: dict[Stage, list[ShardRef]] = {stage: [] for stage in futures}
+    failed, waiting = [], 0
+    for stage, pending in futures.items():
+        for index, future in enumerate(pending):
+            future.wait()
+            if future.state.is_completed():
+                refs[stage].append(future.result())
+            elif future.state.is_failed():
+                error = future.result(raise_on_failure=False)
+                why = str(error) if isinstance(error, BaseException) else future.state.message
+                failed.append(f"{stage.value} shard {index + 1}/{len(pending)}: {why}")
+            else:  # NotReady: a shard it reads failed
+                waiting += 1
+    if failed:
+        total = sum(len(pending) for pending in futures.values())
+        raise RunIncomplete(
+            f"{len(failed)} of {total} shard tasks failed"
+            + (f" and {waiting} waited on them" if waiting else "")
+            + f" ({failed[0]}); finished shards are kept: run the same command to resume"
+        )
+    return refs
 
 
-def _stages(refs: dict[Stage, list[ShardRef]], futures: StageFutures) -> dict[str, StageSummary]:
+def _stages(refs: dict[Stage, list[ShardRef]], reused: dict[Stage, int]) -> dict[str, StageSummary]:
     stages = {}
     for stage, stage_refs in refs.items():
         if stage_refs:
             stages[stage.value] = stage_summary(stage_refs)
-            stages[stage.value].reused_shards = reused(futures[stage])
+            stages[stage.value].reused_shards = reused[stage]
     return stages
 
 

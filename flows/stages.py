@@ -13,20 +13,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from flows.secrets import hub_token
 from mshep.backends import make_backend
 from mshep.checks import preflight
 from mshep.config import CompleterConfig, ModelStage, RunConfig, ServingConfig
+from mshep.failures import RequestTally, check_failed_share
 from mshep.formats import format_rows
 from mshep.hub import push_dataset
 from mshep.io import load_problems, read_records, write_dataset
 from mshep.labelling import LabelTarget
 from mshep.pipeline import generate_solutions, label_solutions
 from mshep.records import Failure, KeyedSolution, LabelledSolution, Problem, Solution, Stage
-from mshep.shards import Layout, ShardRef, finish_shard, write_question_shards
+from mshep.shards import Layout, ShardRef, finish_shard, finished, write_question_shards
 from mshep.summary import RunSummary, StageSummary, label_counts, quality_report
 
 TAGS = ["mshep"]
@@ -47,8 +48,9 @@ def load_task(config: RunConfig) -> tuple[int, list[ShardRef], list[Failure]]:
 
 
 # The cache key of a stage task: its inputs (settings, input shard references with their
-# digests, output path) and its source; not the run id, not where the model is served.
-SHARD_CACHE = (INPUTS - "serving") + TASK_SOURCE
+# digests, output path) and its source; not the run id, not where the model is served, not
+# whether a finished shard may be reused.
+SHARD_CACHE = (INPUTS - "serving" - "reuse") + TASK_SOURCE
 
 
 @task(name="generate", cache_policy=SHARD_CACHE, persist_result=True, tags=TAGS)
@@ -59,11 +61,15 @@ def generate_task(
     problems_ref: ShardRef,
     out: str,
     serving: ServingConfig,
+    reuse: bool = True,
 ) -> ShardRef:
     """M solutions per question of one shard (M=1 for golden solutions)."""
+    if reuse and (done := finished(out)):
+        return done
     problems = read_records(problems_ref.path, Problem)
     with make_backend(serving) as client:
         result = generate_solutions(client, problems, stage, m, name.value)
+    _fail_on_lost_requests(result.tally, serving, name, problems_ref)
     keyed = [
         KeyedSolution(problem_id=p.id, solution=s) for p in problems for s in result.solutions[p.id]
     ]
@@ -76,7 +82,27 @@ def generate_task(
         items=len(keyed),
         failures=result.failures,
         usage=result.usage,
+        retries=_retries(client),
+        failed_requests=dict(result.tally.causes),
+        resampled=result.resampled,
     )
+
+
+def _fail_on_lost_requests(
+    tally: RequestTally, serving: ServingConfig, stage: Stage, ref: ShardRef
+) -> None:
+    """A shard that lost requests to the infrastructure beyond the allowed share is not done:
+    the task fails with the causes (logged where users look), nothing is written or cached."""
+    for cause, error in tally.first_error.items():
+        get_run_logger().warning(
+            "%s shard %d: %s (first: %s)", stage.value, ref.shard + 1, cause, error
+        )
+    check_failed_share(tally, serving.max_failed_share, f"{stage.value} shard {ref.shard + 1}")
+
+
+def _retries(client: Any) -> int:
+    stats = getattr(client, "stats", None)  # the HTTP backend counts its retries
+    return int(getattr(stats, "retries", 0))
 
 
 def _golden_answers(problems: list[Problem], golden_ref: ShardRef | None) -> dict[str, str]:
@@ -115,12 +141,16 @@ def complete_task(
     generated_ref: ShardRef,
     out: str,
     serving: ServingConfig,
+    reuse: bool = True,
 ) -> ShardRef:
     """Label every candidate of one shard, round by round, one backend call per round."""
+    if reuse and (done := finished(out)):
+        return done
     problems = read_records(problems_ref.path, Problem)
     targets, unlabelled = _targets(problems, _golden_answers(problems, golden_ref), generated_ref)
     with make_backend(serving) as client:
         result = label_solutions(client, targets, completer)
+    _fail_on_lost_requests(result.tally, serving, Stage.COMPLETE, problems_ref)
     # `failures` here are per problem: exactly one for each problem left without a label.
     return finish_shard(
         Stage.COMPLETE,
@@ -132,6 +162,9 @@ def complete_task(
         failures=[*unlabelled, *result.failures],
         usage=result.usage,
         rounds=result.rounds,
+        retries=_retries(client),
+        failed_requests=dict(result.tally.causes),
+        resampled=result.resampled,
     )
 
 

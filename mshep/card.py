@@ -186,10 +186,20 @@ def _rows(summary: RunSummary) -> list[str]:
 
 def _stages(summary: RunSummary) -> list[str]:
     rows = [
-        [name, s.requests, s.prompt_tokens, s.completion_tokens, _reasons(s.failures)]
+        [
+            name,
+            s.requests,
+            s.prompt_tokens,
+            s.completion_tokens,
+            _reasons(s.failures),
+            s.retries,
+            _reasons(s.failed_requests),
+            s.resampled,
+        ]
         for name, s in summary.stages.items()
     ]
     header = ["stage", "requests", "prompt tokens", "completion tokens", "failures"]
+    header += ["retries", "failed requests", "unreadable replies asked again"]
     return ["## Requests and tokens per stage", "", *_table(header, rows)]
 
 

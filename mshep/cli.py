@@ -179,6 +179,9 @@ def _run(args: argparse.Namespace, execute: bool) -> int:
     """`check`: the checks alone. `run`: the flow, which runs the same checks first."""
     config = build_config(args)
     try:
+        from flows.process import check_api, interrupts, prepare_environment
+
+        prepare_environment()  # before Prefect is imported
         from flows.prm import run_flow
         from flows.secrets import hub_token
     except ImportError as error:  # a core-only install (the engine environment)
@@ -191,7 +194,9 @@ def _run(args: argparse.Namespace, execute: bool) -> int:
 
         print(preflight(config, hub_token), file=sys.stderr)
         return 0
-    summary = run_flow(config)
+    check_api()
+    with interrupts(config):
+        summary = run_flow(config)
     print("\n".join(summary.get("checks", [])), file=sys.stderr)
     print(json.dumps(summary, indent=2, default=str))
     return 0

@@ -59,6 +59,20 @@ class ServingConfig(Section):
     supports_n: bool = Field(
         default=True, description="Server honours `n`; if not, n requests are sent instead."
     )
+    max_failed_share: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Share of a shard's requests that may fail after their retries "
+        "(connection, timeouts, 5xx, malformed replies) before the shard fails and is redone "
+        "by the next run; 0: any failure fails the shard.",
+    )
+    circuit_breaker: int = Field(
+        default=16,
+        ge=0,
+        description="After this many requests in a row failed, the endpoint is taken as down: "
+        "the shard's other requests fail at once instead of retrying (0: never).",
+    )
     tensor_parallel_size: int = Field(default=1, ge=1, le=64, description="vllm: GPUs per engine.")
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description="vllm only.")
     max_model_len: int | None = Field(default=None, ge=256, description="vllm only.")
@@ -95,6 +109,13 @@ class ModelStage(Section):
     prompts: PromptConfig = Field(default_factory=PromptConfig)
     structured_output: bool = Field(
         default=False, description="Ask for JSON (response_format) instead of 'Step k:' text."
+    )
+    resample: int = Field(
+        default=2,
+        ge=0,
+        le=10,
+        description="Ask again (new seed) for replies that could not be read, up to this many "
+        "times, so one garbled reply does not cost a candidate or a rollout.",
     )
 
 

@@ -8,13 +8,14 @@ counts it.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from mshep.answers import answers_match
 from mshep.backends.base import Backend, Completion, GenerationRequest, GenerationResult
+from mshep.batches import call_backend, derive_seed, split_usage
 from mshep.config import CompleterConfig, ModelStage
+from mshep.failures import RequestTally
 from mshep.labelling import Labeller, LabelTarget, PrefixQuery, make_strategy
 from mshep.parsing import ParseFailure, extract_final_answer, parse_json_solution, parse_solution
 from mshep.prompts import (
@@ -34,54 +35,6 @@ from mshep.records import (
     Stage,
     Usage,
 )
-
-
-def derive_seed(base: int, *parts: object) -> int:
-    """A request seed from (base seed, question id, stage, solution, prefix): stable across runs."""
-    digest = hashlib.sha256(repr((base, *parts)).encode()).digest()
-    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
-
-
-def _spread(total: int, weights: Sequence[int]) -> list[int]:
-    """Split an integer total in proportion to weights, the parts summing exactly to the total."""
-    if not weights:
-        return []
-    weight_sum = sum(weights)
-    if weight_sum <= 0:
-        weights, weight_sum = [1] * len(weights), len(weights)
-    shares = [total * w / weight_sum for w in weights]
-    parts = [int(s) for s in shares]
-    by_remainder = sorted(range(len(shares)), key=lambda i: shares[i] - parts[i], reverse=True)
-    for i in by_remainder[: total - sum(parts)]:
-        parts[i] += 1
-    return parts
-
-
-def split_usage(usage: Usage, completions: Sequence[Completion]) -> list[Usage]:
-    """One request's usage shared among its n completions (the recipe gave every row the total):
-    the prompt evenly, completion tokens by each completion's own count or, when the server only
-    reports the total, by its length."""
-    count = len(completions)
-    known = [c.completion_tokens for c in completions]
-    if all(k is not None for k in known) and sum(k or 0 for k in known) == usage.completion_tokens:
-        completion = [k or 0 for k in known]
-    else:
-        completion = _spread(usage.completion_tokens, [len(c.text or "") for c in completions])
-    prompt = _spread(usage.prompt_tokens, [1] * count)
-    requests = _spread(usage.requests, [1] * count)
-    return [
-        Usage(requests=r, prompt_tokens=p, completion_tokens=c)
-        for r, p, c in zip(requests, prompt, completion, strict=True)
-    ]
-
-
-def _call(backend: Backend, requests: list[GenerationRequest]) -> list[GenerationResult]:
-    results = backend.generate(requests) if requests else []
-    if len(results) != len(requests):
-        raise RuntimeError(
-            f"backend {backend.name!r} returned {len(results)} results for {len(requests)} requests"
-        )
-    return results
 
 
 def read_solution(
@@ -124,56 +77,96 @@ class Generated:
     solutions: dict[str, list[Solution]] = field(default_factory=dict)
     failures: list[Failure] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
+    tally: RequestTally = field(default_factory=RequestTally)
+    resampled: int = 0  # replies asked again because the first could not be read
+
+
+def _solution_request(
+    problem: Problem, stage: ModelStage, n: int, stage_name: str, attempt: int
+) -> GenerationRequest:
+    sampling = stage.sampling
+    again = ("resample", attempt) if attempt else ()
+    return GenerationRequest(
+        messages=generator_messages(problem.question, stage.prompts, stage.structured_output),
+        n=n,
+        max_tokens=sampling.max_tokens,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        stop=sampling.stop,
+        seed=derive_seed(sampling.seed, problem.id, stage_name, *again),
+        response_format=response_format(SOLUTION_SCHEMA) if stage.structured_output else None,
+        model=stage.model,
+        tag=f"{stage_name}/{problem.id}",
+    )
 
 
 def generate_solutions(
     backend: Backend, problems: Sequence[Problem], stage: ModelStage, m: int, stage_name: str
 ) -> Generated:
-    """M solutions per problem through n-sampling: one request per problem, all in one call."""
+    """M solutions per problem through n-sampling: one request per problem, all in one call;
+    then, up to `stage.resample` times, one more call for the replies that could not be read
+    (a slot still unread at the end keeps the failure of its first reply)."""
     stage_name = str(stage_name)  # a `Stage` member's value: it enters the request seeds
-    sampling = stage.sampling
-    fmt = response_format(SOLUTION_SCHEMA) if stage.structured_output else None
-    requests = [
-        GenerationRequest(
-            messages=generator_messages(p.question, stage.prompts, stage.structured_output),
-            n=m,
-            max_tokens=sampling.max_tokens,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            stop=sampling.stop,
-            seed=derive_seed(sampling.seed, p.id, stage_name),
-            response_format=fmt,
-            model=stage.model,
-            tag=f"{stage_name}/{p.id}",
-        )
-        for p in problems
-    ]
-    out = Generated()
-    for problem, result in zip(problems, _call(backend, requests), strict=True):
-        out.usage += result.usage
-        out.solutions[problem.id] = []
-        if len(result.completions) < m and not result.error:
-            detail = f"{len(result.completions)} of {m} replies came back"
-            out.failures.append(
-                Failure(
-                    stage=stage_name, reason="missing replies", detail=detail, problem_id=problem.id
-                )
-            )
-        usages = split_usage(result.usage, result.completions)
-        for index, (completion, usage) in enumerate(zip(result.completions, usages, strict=True)):
-            read = read_solution(
-                completion, stage.structured_output, result.model or stage.model, index, usage
-            )
-            if isinstance(read, ParseFailure):
-                detail = result.error or read.text[:200]
-                out.failures.append(
-                    Failure(
-                        stage=stage_name, reason=read.reason, detail=detail, problem_id=problem.id
-                    )
-                )
-            else:
-                out.solutions[problem.id].append(read)
+    out = Generated(solutions={p.id: [] for p in problems})
+    unread: dict[tuple[str, int], Failure] = {}  # slots whose reply could not be read
+    slots = {p.id: list(range(m)) for p in problems}  # candidate indices still to fill
+    for attempt in range(stage.resample + 1):
+        asking = [p for p in problems if slots[p.id]]
+        requests = [
+            _solution_request(p, stage, len(slots[p.id]), stage_name, attempt) for p in asking
+        ]
+        out.resampled += sum(r.n for r in requests) if attempt else 0
+        for problem, result in zip(asking, call_backend(backend, requests, out.tally), strict=True):
+            asked = slots[problem.id]
+            unreadable = _read_candidates(out, problem, result, asked, stage, stage_name, attempt)
+            answered = asked[: len(result.completions)]
+            for slot in answered:
+                if slot in unreadable:
+                    unread.setdefault((problem.id, slot), unreadable[slot])
+                else:
+                    unread.pop((problem.id, slot), None)
+            # A re-sample that did not come back leaves its slot unread, to ask once more.
+            slots[problem.id] = [
+                s for s in asked if s in unreadable or (attempt and s not in answered)
+            ]
+    out.failures += unread.values()
+    for solutions in out.solutions.values():
+        solutions.sort(key=lambda solution: solution.index)
     return out
+
+
+def _read_candidates(
+    out: Generated,
+    problem: Problem,
+    result: GenerationResult,
+    slots: list[int],
+    stage: ModelStage,
+    stage_name: str,
+    attempt: int,
+) -> dict[int, Failure]:
+    """Read one request's replies into the candidate slots they fill. Returns the slots whose
+    reply was text that could not be read (worth asking again), with that failure; other
+    failures (request failed, cut at max_tokens, missing replies) are recorded here."""
+    out.usage += result.usage
+
+    def failure(reason: str, detail: str) -> Failure:
+        return Failure(stage=stage_name, reason=reason, detail=detail, problem_id=problem.id)
+
+    if len(result.completions) < len(slots) and not result.error and not attempt:
+        detail = f"{len(result.completions)} of {len(slots)} replies came back"
+        out.failures.append(failure("missing replies", detail))
+    unreadable = {}
+    usages = split_usage(result.usage, result.completions)
+    for index, completion, usage in zip(slots, result.completions, usages, strict=False):
+        model = result.model or stage.model
+        read = read_solution(completion, stage.structured_output, model, index, usage)
+        if isinstance(read, Solution):
+            out.solutions[problem.id].append(read)
+        elif completion.finish_reason == "stop":
+            unreadable[index] = failure(read.reason, read.text[:200])
+        else:
+            out.failures.append(failure(read.reason, result.error or read.text[:200]))
+    return unreadable
 
 
 @dataclass
@@ -183,6 +176,8 @@ class Labelled:
     rounds: int
     failures: list[Failure] = field(default_factory=list)  # one per question left out
     prefixes: int = 0  # (solution, prefix) pairs rolled out, N rollouts each
+    tally: RequestTally = field(default_factory=RequestTally)
+    resampled: int = 0  # rollouts asked again because the first reply could not be read
 
 
 FILTER_STAGE = Stage.FILTER.value
@@ -213,46 +208,89 @@ def filter_by_difficulty(targets: Sequence[LabelTarget]) -> tuple[list[LabelTarg
 
 
 def _rollout_request(
-    target: LabelTarget, query: PrefixQuery, cfg: CompleterConfig
+    target: LabelTarget, query: PrefixQuery, cfg: CompleterConfig, n: int, attempt: int = 0
 ) -> GenerationRequest:
     sampling = cfg.sampling
     prefix = target.solution.steps[: query.prefix_len]
     seed_parts = (target.problem_id, Stage.COMPLETE.value, target.solution.index, query.prefix_len)
+    again = ("resample", attempt) if attempt else ()
     return GenerationRequest(
         messages=completer_messages(target.question, prefix, cfg.prompts, cfg.structured_output),
-        n=cfg.N,
+        n=n,
         max_tokens=sampling.max_tokens,
         temperature=sampling.temperature,
         top_p=sampling.top_p,
         stop=sampling.stop,
-        seed=derive_seed(sampling.seed, *seed_parts),
+        seed=derive_seed(sampling.seed, *seed_parts, *again),
         response_format=response_format(ROLLOUT_SCHEMA) if cfg.structured_output else None,
         model=cfg.model,
         tag=f"{Stage.COMPLETE.value}/{target.problem_id}/{target.solution.index}/{query.prefix_len}",
     )
 
 
+@dataclass
+class _Answered:
+    """The rollouts of one prefix query as they come back, attempt after attempt."""
+
+    rollouts: list[Rollout]
+    usage: Usage
+
+    def unreadable(self) -> list[int]:
+        return [i for i, r in enumerate(self.rollouts) if r.status is RolloutStatus.UNPARSEABLE]
+
+
+def _roll_out(
+    backend: Backend,
+    targets: Sequence[LabelTarget],
+    queries: list[PrefixQuery],
+    cfg: CompleterConfig,
+    out: Labelled,
+) -> list[_Answered]:
+    """One round: N rollouts per query in one call; then, up to `cfg.resample` times, one call
+    for the rollouts whose reply could not be read, each replaced by its new sample."""
+    answered: list[_Answered] = []
+    for attempt in range(cfg.resample + 1):
+        asking = [i for i, a in enumerate(answered) if a.unreadable()] if attempt else []
+        if attempt and not asking:
+            break
+        indices = asking if attempt else list(range(len(queries)))
+        requests = [
+            _rollout_request(
+                targets[queries[i].target], queries[i], cfg,
+                len(answered[i].unreadable()) if attempt else cfg.N, attempt,
+            )
+            for i in indices
+        ]  # fmt: skip
+        out.resampled += sum(r.n for r in requests) if attempt else 0
+        for i, result in zip(indices, call_backend(backend, requests, out.tally), strict=True):
+            golden = targets[queries[i].target].golden_answer
+            rollouts = [read_rollout(c, golden, cfg.structured_output) for c in result.completions]
+            if not attempt:
+                answered.append(_Answered(rollouts, result.usage))
+                continue
+            for slot, rollout in zip(answered[i].unreadable(), rollouts, strict=False):
+                answered[i].rollouts[slot] = rollout
+            answered[i].usage += result.usage
+    return answered
+
+
 def label_solutions(
     backend: Backend, targets: Sequence[LabelTarget], cfg: CompleterConfig
 ) -> Labelled:
     """Drive the labeller round by round; each round is one backend call with every rollout of
-    the shard, so a first-error search over many candidates costs ~ceil(log2 L) calls."""
-    failures: list[Failure] = []
+    the shard (plus one per re-sample), so a first-error search over many candidates costs
+    ~ceil(log2 L) calls."""
+    out = Labelled(solutions=[], usage=Usage(), rounds=0)
     if cfg.difficulty_filter:
-        targets, failures = filter_by_difficulty(targets)
+        targets, out.failures = filter_by_difficulty(targets)
     labeller = Labeller(targets, cfg.N, make_strategy(cfg.strategy, witness=cfg.witness))
-    usage = Usage()
     while queries := labeller.pending():
-        requests = [_rollout_request(targets[q.target], q, cfg) for q in queries]
-        for query, result in zip(queries, _call(backend, requests), strict=True):
-            golden = targets[query.target].golden_answer
-            rollouts = [read_rollout(c, golden, cfg.structured_output) for c in result.completions]
-            labeller.submit(query, rollouts, result.usage)
-            usage += result.usage
-    return Labelled(
-        solutions=labeller.results(cfg.model),
-        usage=usage,
-        rounds=labeller.rounds,
-        failures=failures,
-        prefixes=labeller.prefixes_evaluated,
-    )
+        for query, answered in zip(
+            queries, _roll_out(backend, targets, queries, cfg, out), strict=True
+        ):
+            labeller.submit(query, answered.rollouts, answered.usage)
+            out.usage += answered.usage
+    out.solutions = labeller.results(cfg.model)
+    out.rounds = labeller.rounds
+    out.prefixes = labeller.prefixes_evaluated
+    return out

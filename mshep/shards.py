@@ -10,8 +10,12 @@ covers exactly what the stage's output depends on:
   labelling, prompts, ...), so an upgrade that changes labelling recomputes the completion shards
   and one that does not resumes them.
 
-Files are written whole or not at all (`io.write_records`), so a shard is done exactly when its
-file exists. The flow's task cache keys include the output path, so they inherit all of the above.
+A shard is done when its data file and, next to it, its reference (`<file>.ref.json`: the
+`ShardRef` its task returned) both exist: each is written whole or not at all, the reference
+last. A stage task whose shard is done returns that reference without asking the model anything,
+whether or not Prefect's own cache still has its result (a changed task source, another result
+storage, a lost results folder). The flow's task cache keys include the output path, so they
+inherit all of the above.
 """
 
 from __future__ import annotations
@@ -54,6 +58,11 @@ class ShardRef(BaseModel):
     failures: list[Failure] = Field(default_factory=list)
     usage: Usage = Field(default_factory=Usage)
     rounds: int = 0
+    retries: int = Field(default=0, description="HTTP calls repeated after a retryable error.")
+    failed_requests: dict[str, int] = Field(
+        default_factory=dict, description="Requests failed after their retries, by cause."
+    )
+    resampled: int = Field(default=0, description="Replies asked again: the first was unreadable.")
 
 
 @functools.cache
@@ -136,21 +145,34 @@ def shard_path(config: RunConfig, stage: Stage, shard: int, questions_digest: st
     return Layout.of(config).shard(stage, stage_keys(config)[stage], shard, questions_digest)
 
 
-def is_done(path: str) -> bool:
-    """A shard is done when its file exists: it is written whole or not at all."""
-    from mshep.io import exists
+def ref_path(path: str) -> str:
+    return f"{path}.ref.json"
 
-    return exists(path)
+
+def finished(path: str) -> ShardRef | None:
+    """The reference of a done shard at `path`, or None if it is not done."""
+    from mshep.io import exists, read_records
+
+    if not (exists(ref_path(path)) and exists(path)):
+        return None
+    refs = read_records(ref_path(path), ShardRef)
+    return refs[0] if len(refs) == 1 and refs[0].path == path else None
+
+
+def is_done(path: str) -> bool:
+    return finished(path) is not None
 
 
 def finish_shard(
     stage: Stage, shard: int, path: str, records: Iterable[BaseModel] | str, **counts: Any
 ) -> ShardRef:
-    """Write a shard's data (atomically) and return the reference a task hands on."""
+    """Write a shard's data, then its reference (each atomically): from then on it is done."""
     from mshep.io import write_records
 
     sha = write_records(path, records)
-    return ShardRef(stage=stage.value, shard=shard, path=path, digest=sha, **counts)
+    ref = ShardRef(stage=stage.value, shard=shard, path=path, digest=sha, **counts)
+    write_records(ref_path(path), [ref])
+    return ref
 
 
 def write_question_shards(config: RunConfig, problems: list[Problem]) -> list[ShardRef]:
@@ -166,3 +188,18 @@ def write_question_shards(config: RunConfig, problems: list[Problem]) -> list[Sh
         count = min(size, len(problems) - start)
         refs.append(finish_shard(Stage.LOAD, shard, path, text, problems=count))
     return refs
+
+
+def finished_counts(config: RunConfig) -> dict[str, int]:
+    """How many shards of each model stage are done, for this config's keys."""
+    import fsspec
+
+    layout, keys = Layout.of(config), stage_keys(config)
+    counts = {}
+    for stage in (Stage.GOLDEN, Stage.GENERATE, Stage.COMPLETE):
+        fs, _, (base,) = fsspec.get_fs_token_paths(f"{layout.work}/{stage.value}-{keys[stage]}")
+        fs.invalidate_cache()
+        found = fs.glob(f"{base}/shard-*.jsonl.ref.json") if fs.exists(base) else []
+        if found or stage is not Stage.GOLDEN:
+            counts[stage.value] = len(found)
+    return counts

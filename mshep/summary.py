@@ -18,6 +18,15 @@ class StageSummary(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     failures: dict[str, int] = Field(default_factory=dict)
+    retries: int = Field(default=0, description="HTTP calls repeated after a retryable error.")
+    failed_requests: dict[str, int] = Field(
+        default_factory=dict,
+        description="Requests that failed after their retries, by cause (within the allowed "
+        "share; above it the shard fails).",
+    )
+    resampled: int = Field(
+        default=0, description="Replies asked again because the first could not be read."
+    )
     reused_shards: int = Field(
         default=0, description="Shards taken from an earlier run's cache; their usage is counted."
     )
@@ -146,6 +155,11 @@ class RunSummary(BaseModel):
                 f"{stage.completion_tokens} completion tokens"
                 + (f" ({stage.reused_shards} shards reused)" if stage.reused_shards else "")
             )
+            faults = [f"{stage.retries} retries"] if stage.retries else []
+            faults += [f"{n} failed: {cause}" for cause, n in stage.failed_requests.items()]
+            faults += [f"{stage.resampled} unreadable replies asked again"] * bool(stage.resampled)
+            if faults:
+                out.append(f"  {name} faults: " + "; ".join(faults))
         if self.quality is not None:
             out += self.quality.lines()
         out.append(f"wall time {self.wall_time_s:.1f} s")
@@ -153,15 +167,22 @@ class RunSummary(BaseModel):
 
 
 def stage_summary(refs: Iterable[ShardRef]) -> StageSummary:
-    usage, failures = Usage(), Counter[str]()
+    usage, failures, failed_requests = Usage(), Counter[str](), Counter[str]()
+    retries = resampled = 0
     for ref in refs:
         usage += ref.usage
         failures.update(f.reason for f in ref.failures)
+        failed_requests.update(ref.failed_requests)
+        retries += ref.retries
+        resampled += ref.resampled
     return StageSummary(
         requests=usage.requests,
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
         failures=dict(failures),
+        retries=retries,
+        failed_requests=dict(failed_requests),
+        resampled=resampled,
     )
 
 

@@ -59,21 +59,20 @@ def finish(process: subprocess.Popen[bytes], log: Path) -> None:
 
 
 def shards_done(fs: Any, prefix: str, stage: str) -> set[int]:
-    """Shards a stage finished: their task's result is persisted (under its cache key). A shard
-    whose data file is written but whose task had not returned when killed is still in flight:
-    the next run does it again."""
-    from prefect.results import ResultRecord
+    """Shards a stage finished: their data and then their reference (`.ref.json`, written last)
+    are on storage (mshep.shards decides this, not Prefect's result records). A shard whose
+    data is written but whose reference is not was in flight at the kill: the next run redoes it."""
+    from mshep.shards import ShardRef
 
     fs.invalidate_cache()
     done = set()
-    for name in fs.find(f"{prefix.removeprefix('s3://')}/.work/results"):
+    for name in fs.glob(f"{prefix.removeprefix('s3://')}/.work/{stage}-*/shard-*.jsonl.ref.json"):
         try:
-            ref: Any = ResultRecord.deserialize(fs.cat(name)).result
-        except Exception:  # a record being written at the kill: not finished
+            ref = ShardRef.model_validate_json(fs.cat(name).decode().strip())
+        except Exception:  # cannot be half written (atomic move), but be safe
             continue
-        if getattr(ref, "stage", None) == stage:
-            assert fs.exists(ref.path)
-            done.add(ref.shard)
+        assert fs.exists(ref.path)
+        done.add(ref.shard)
     return done
 
 
@@ -145,3 +144,47 @@ def test_sigkill_during_completion_resumes_without_asking_finished_shards_again(
     summary = json.loads(fs.cat(f"{crashed}/summary.json"))
     assert summary["rows_labelled"] == QUESTIONS
     assert fs.glob(f"{crashed}/.work/results/*"), "task results persist on s3://"
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupt_stops_at_once_says_what_finished_and_the_same_command_resumes(
+    prefect_harness: None,
+    s3_server: dict[str, str],
+    slow_sim,
+    gsm8k_test: Path,
+    tmp_path: Path,
+    signum: int,
+    code: int,
+):
+    """Ctrl-C (or SIGTERM from a scheduler) during completion: the process ends within 10 s with
+    130 (143), its last line says what finished and that the same command resumes; it does."""
+    import fsspec
+
+    fs = fsspec.filesystem("s3")
+    env, log = environment(s3_server), tmp_path / "runs.log"
+    output = f"s3://mshep/interrupted-{signum}"
+    config = write_config(tmp_path, slow_sim, gsm8k_test, output)
+    run = start(config, env, log)
+    deadline = time.monotonic() + 240
+    while not shards_done(fs, output, "complete"):
+        assert run.poll() is None, log.read_text()[-4000:]
+        assert time.monotonic() < deadline, log.read_text()[-4000:]
+        time.sleep(0.05)
+    os.kill(run.pid, signum)
+    sent = time.monotonic()
+    rc = run.wait(timeout=30)
+    took = time.monotonic() - sent
+    assert rc == code and took < 10, (rc, took, log.read_text()[-3000:])
+    last = log.read_text().strip().splitlines()[-1]
+    assert last.startswith(f"interrupted ({signal.Signals(signum).name}): finished shards")
+    assert "complete " in last and "run the same command to resume" in last
+    completed = shards_done(fs, output, "complete")
+
+    slow_sim.reset_stats()
+    finish(start(config, env, log), log)
+    asked = slow_sim.stats().by_question
+    by_shard = questions_by_shard(fs, output)
+    asked_again = {s for s, qs in by_shard.items() if any(f"complete: {q}" in asked for q in qs)}
+    assert not asked_again & completed
+    text = log.read_text()
+    assert "Failed to send telemetry" not in text and "Traceback" not in text

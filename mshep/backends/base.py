@@ -50,11 +50,24 @@ class GenerationResult(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     model: str = ""
     error: str | None = None
+    cause: str | None = Field(
+        default=None,
+        description="What failed, short enough to count by (e.g. 'connection error to "
+        "http://host/v1'); set with `error`. The infrastructure, not the model's text.",
+    )
 
     @classmethod
-    def failed(cls, request: GenerationRequest, error: str, model: str = "") -> GenerationResult:
+    def failed(
+        cls, request: GenerationRequest, error: str, model: str = "", cause: str | None = None
+    ) -> GenerationResult:
         completions = [Completion(finish_reason="error") for _ in range(request.n)]
-        return cls(completions=completions, error=error, model=model, usage=Usage(requests=1))
+        return cls(
+            completions=completions,
+            error=error,
+            cause=cause or error,
+            model=model,
+            usage=Usage(requests=1),
+        )
 
 
 @runtime_checkable

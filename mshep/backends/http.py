@@ -24,14 +24,24 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from huggingface_hub import AsyncInferenceClient, constants
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_any,
+    stop_when_event_set,
+)
 
 from mshep.backends.base import BackendBase, GenerationRequest, GenerationResult
 from mshep.backends.http_replies import (
     AUTH_STATUSES,
+    CallFailure,
+    CircuitBreaker,
     HttpStats,
     Reply,
     RetryWait,
+    failure_cause,
     failure_reason,
     merge_replies,
     read_reply,
@@ -84,6 +94,8 @@ class HttpBackend(BackendBase):
         max_backoff_s: float = MAX_BACKOFF_S,
     ) -> None:
         self.config = config
+        self.breaker = CircuitBreaker(config.circuit_breaker)
+        self.where = config.base_url or "Hugging Face Inference"
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self.stats = HttpStats()
@@ -101,6 +113,7 @@ class HttpBackend(BackendBase):
         state = self.__dict__.copy()
         state.pop("_token", None)
         state.pop("_lock", None)
+        state.pop("breaker", None)  # a copy watches its own endpoint calls
         state["_entered"] = False
         return state
 
@@ -108,6 +121,7 @@ class HttpBackend(BackendBase):
         self.__dict__.update(state)
         self._token = None
         self._lock = threading.Lock()
+        self.breaker = CircuitBreaker(self.config.circuit_breaker)
 
     def __enter__(self) -> Self:
         self._token = self._read_token()
@@ -200,27 +214,41 @@ class HttpBackend(BackendBase):
         seed: int | None,
         slots: asyncio.Semaphore,
         stats: HttpStats,
-    ) -> Reply | str:
-        """One chat completion with its retries: the reply, or why it failed."""
+    ) -> Reply | CallFailure:
+        """One chat completion with its retries: the reply, or why it failed. Once the breaker
+        is open (the endpoint stopped answering), no new attempt is made."""
 
         def count_retry(state: RetryCallState) -> None:
             stats.retries += 1
 
+        if self.breaker.is_open:
+            stats.failures += 1
+            return self.breaker.refusal()
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.config.max_retries + 1),
+            stop=stop_any(
+                stop_after_attempt(self.config.max_retries + 1),
+                stop_when_event_set(self.breaker.opened),
+            ),
             wait=RetryWait(self.backoff_s, self.max_backoff_s),
             retry=retry_if_exception(retryable),
             before_sleep=count_retry,
             reraise=True,
         )
         try:
-            return await retrying(self._attempt, client, request, n, seed, slots, stats)
+            reply: Reply = await retrying(self._attempt, client, request, n, seed, slots, stats)
         except Exception as exc:  # one failed request must not sink the batch
             stats.failures += 1
             attempts = int(retrying.statistics.get("attempt_number", 1))
-            return failure_reason(
-                exc, attempts, bool(client.token), self.config.token_env, self.config.timeout_s
+            failure = CallFailure(
+                failure_cause(exc, self.where),
+                failure_reason(
+                    exc, attempts, bool(client.token), self.config.token_env, self.config.timeout_s
+                ),
             )
+            self.breaker.record(failure)
+            return failure
+        self.breaker.record(None)
+        return reply
 
     async def _attempt(
         self,

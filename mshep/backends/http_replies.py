@@ -9,10 +9,11 @@ from __future__ import annotations
 import email.utils
 import importlib
 import json
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError, OfflineModeIsEnabled
 from tenacity import RetryCallState, wait_exponential_jitter
@@ -156,22 +157,82 @@ def read_reply(output: Any, default_model: str) -> Reply:
     )
 
 
+class CallFailure(NamedTuple):
+    """Why a call failed: `cause` to count by ('HTTP 500 from http://host/v1'), `error` the
+    whole story (attempts, the server's words)."""
+
+    cause: str
+    error: str
+
+
 def merge_replies(
-    request: GenerationRequest, outcomes: Sequence[Reply | str], model: str
+    request: GenerationRequest, outcomes: Sequence[Reply | CallFailure], model: str
 ) -> GenerationResult:
     """The calls of one request (one call with n, or n calls of one) as one result; failed
     calls as error completions, or a failed result when none succeeded."""
     replies = [outcome for outcome in outcomes if isinstance(outcome, Reply)]
-    errors = [outcome for outcome in outcomes if isinstance(outcome, str)]
+    failures = [outcome for outcome in outcomes if isinstance(outcome, CallFailure)]
     if not replies:
-        return GenerationResult.failed(request, errors[0], model=model)
+        return GenerationResult.failed(request, failures[0].error, model, failures[0].cause)
     completions = [c for reply in replies for c in reply.completions]
-    completions += [Completion(finish_reason="error") for _ in errors]
-    error = f"{len(errors)} of {len(outcomes)} calls failed: {errors[0]}" if errors else None
+    completions += [Completion(finish_reason="error") for _ in failures]
     usage = sum((reply.usage for reply in replies), Usage())
+    if not failures:
+        return GenerationResult(completions=completions, usage=usage, model=replies[0].model)
     return GenerationResult(
-        completions=completions, usage=usage, model=replies[0].model, error=error
+        completions=completions,
+        usage=usage,
+        model=replies[0].model,
+        error=f"{len(failures)} of {len(outcomes)} calls failed: {failures[0].error}",
+        cause=failures[0].cause,
     )
+
+
+def failure_cause(exc: BaseException, where: str) -> str:
+    """The kind of failure and the endpoint, without the details that differ per request."""
+    status = _status(exc) if isinstance(exc, HfHubHTTPError) else None
+    if status is not None:
+        return f"HTTP {status} from {where}"
+    if isinstance(exc, InferenceTimeoutError | TimeoutError):
+        return f"timeouts at {where}"
+    if isinstance(exc, MalformedReply | json.JSONDecodeError | UnicodeDecodeError):
+        return f"malformed replies from {where}"
+    if isinstance(exc, TRANSPORT_ERRORS):
+        return f"connection error to {where} ({type(exc).__name__})"
+    return f"{type(exc).__name__} at {where}"
+
+
+class CircuitBreaker:
+    """Opens after `threshold` requests in a row failed once their retries were spent (with
+    no success between): an endpoint that stopped answering. The requests still waiting then
+    fail at once with that cause instead of each spending its own retries. 0: never opens."""
+
+    def __init__(self, threshold: int) -> None:
+        self.threshold = threshold
+        self.in_a_row = 0
+        self.cause: str | None = None
+        self.opened = threading.Event()  # retry loops stop on it (tenacity's stop_when_event_set)
+
+    @property
+    def is_open(self) -> bool:
+        return self.opened.is_set()
+
+    def record(self, failure: CallFailure | None) -> None:
+        if self.is_open:
+            return  # open stays open: the shard fails, the next run starts afresh
+        if failure is None:
+            self.in_a_row = 0
+            return
+        self.in_a_row += 1
+        self.cause = failure.cause
+        if self.threshold and self.in_a_row >= self.threshold:
+            self.opened.set()
+
+    def refusal(self) -> CallFailure:
+        cause = self.cause or "the endpoint"
+        return CallFailure(
+            cause, f"not sent: {self.in_a_row} requests in a row failed before it ({cause})"
+        )
 
 
 def failure_reason(

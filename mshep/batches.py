@@ -1,0 +1,66 @@
+"""Pure, given a backend. What every stage does with a batch: one backend call for all its
+requests (results checked one for one and tallied), request seeds derived from what a request
+is for, and a request's usage shared among its replies."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+from mshep.backends.base import Backend, Completion, GenerationRequest, GenerationResult
+from mshep.failures import RequestTally
+from mshep.records import Usage
+
+__all__ = ["call_backend", "derive_seed", "split_usage"]
+
+
+def derive_seed(base: int, *parts: object) -> int:
+    """A request seed from (base seed, question id, stage, solution, prefix): stable across runs."""
+    digest = hashlib.sha256(repr((base, *parts)).encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def _spread(total: int, weights: Sequence[int]) -> list[int]:
+    """Split an integer total in proportion to weights, the parts summing exactly to the total."""
+    if not weights:
+        return []
+    weight_sum = sum(weights)
+    if weight_sum <= 0:
+        weights, weight_sum = [1] * len(weights), len(weights)
+    shares = [total * w / weight_sum for w in weights]
+    parts = [int(s) for s in shares]
+    by_remainder = sorted(range(len(shares)), key=lambda i: shares[i] - parts[i], reverse=True)
+    for i in by_remainder[: total - sum(parts)]:
+        parts[i] += 1
+    return parts
+
+
+def split_usage(usage: Usage, completions: Sequence[Completion]) -> list[Usage]:
+    """One request's usage shared among its n completions (the recipe gave every row the total):
+    the prompt evenly, completion tokens by each completion's own count or, when the server only
+    reports the total, by its length."""
+    count = len(completions)
+    known = [c.completion_tokens for c in completions]
+    if all(k is not None for k in known) and sum(k or 0 for k in known) == usage.completion_tokens:
+        completion = [k or 0 for k in known]
+    else:
+        completion = _spread(usage.completion_tokens, [len(c.text or "") for c in completions])
+    prompt = _spread(usage.prompt_tokens, [1] * count)
+    requests = _spread(usage.requests, [1] * count)
+    return [
+        Usage(requests=r, prompt_tokens=p, completion_tokens=c)
+        for r, p, c in zip(requests, prompt, completion, strict=True)
+    ]
+
+
+def call_backend(
+    backend: Backend, requests: list[GenerationRequest], tally: RequestTally
+) -> list[GenerationResult]:
+    results = backend.generate(requests) if requests else []
+    if len(results) != len(requests):
+        raise RuntimeError(
+            f"backend {backend.name!r} returned {len(results)} results for {len(requests)} requests"
+        )
+    for result in results:
+        tally.add(result)
+    return results
