@@ -88,13 +88,13 @@ class Submitter:
             refresh_cache=not done,
         )
         parameters = get_call_parameters(configured.fn, (), {**kwargs, "out": out, "reuse": reuse})
-        with self._resources():
+        with self._resources(which):
             return self.runner.submit(configured, parameters)
 
     @contextlib.contextmanager
-    def _resources(self) -> Iterator[None]:
-        """GPUs per task, on Ray (prefect-ray reads them from its context)."""
-        gpus = self.config.execution.gpus_per_task
+    def _resources(self, stage: Stage) -> Iterator[None]:
+        """The stage's GPUs per task, on Ray (prefect-ray reads them from its context)."""
+        gpus = self.config.execution.gpus_for(stage.value)
         if self.config.execution.task_runner != "ray" or not gpus:
             yield
             return
@@ -114,19 +114,19 @@ class Submitter:
                 golden = self._submit(
                     generate_task, Stage.GOLDEN, ref, total,
                     name=Stage.GOLDEN, stage=config.golden, m=1, problems_ref=ref,
-                    serving=config.serving.for_stage(Stage.GOLDEN.value),
+                    serving=config.serving.for_stage(Stage.GOLDEN),
                 )  # fmt: skip
                 futures[Stage.GOLDEN].append(golden)
             generated = self._submit(
                 generate_task, Stage.GENERATE, ref, total,
                 name=Stage.GENERATE, stage=config.generator, m=config.generator.M,
-                problems_ref=ref, serving=config.serving.for_stage("generator"),
+                problems_ref=ref, serving=config.serving.for_stage(Stage.GENERATE),
             )  # fmt: skip
             futures[Stage.GENERATE].append(generated)
             completed = self._submit(
                 complete_task, Stage.COMPLETE, ref, total,
                 completer=config.completer, problems_ref=ref, golden_ref=golden,
-                generated_ref=generated, serving=config.serving.for_stage("completer"),
+                generated_ref=generated, serving=config.serving.for_stage(Stage.COMPLETE),
             )  # fmt: skip
             futures[Stage.COMPLETE].append(completed)
         return futures

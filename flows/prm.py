@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from flows.placement import StageFutures, Submitter, build_task_runner
 from flows.stages import load_task, preflight_task, push_task, write_task
-from mshep.card import dataset_card
+from mshep.card import dataset_card, public_config
 from mshep.config import (
     CompleterConfig,
     DatasetConfig,
@@ -46,12 +46,18 @@ SECTIONS = tuple(RunConfig.model_fields)
 DEFAULTS = RunConfig()
 
 
+def _has_placeholder(value: Any) -> bool:
+    """A Prefect placeholder (`{"__prefect_kind": ...}`: a workspace variable, a template)."""
+    if isinstance(value, dict):
+        return "__prefect_kind" in value or any(_has_placeholder(v) for v in value.values())
+    return isinstance(value, list) and any(_has_placeholder(v) for v in value)
+
+
 def _merge(base: Any, override: Any) -> Any:
-    """`override` over `base`, field by field through nested mappings. A Prefect placeholder
-    (`{"__prefect_kind": ...}`) is a value, not a section: the run's hydrated value wins."""
-    if not isinstance(base, dict) or not isinstance(override, dict):
-        return override
-    if "__prefect_kind" in base or "__prefect_kind" in override:
+    """`override` over `base`, field by field through nested mappings. Where the deployment's
+    value holds a Prefect placeholder, which the server resolved into the run's parameters but
+    not into the deployment's, the run's value is taken whole."""
+    if not isinstance(base, dict) or not isinstance(override, dict) or _has_placeholder(base):
         return override
     merged = dict(base)
     for key, value in override.items():
@@ -89,16 +95,32 @@ def run_config(sections: dict[str, Any]) -> RunConfig:
         raise ConfigError(explain(error)) from None
 
 
+def run_name(config: RunConfig) -> str:
+    """`<dataset> · <generator model> · M=… N=…`, the flow run's name."""
+    source = config.dataset.source.rstrip("/").rsplit("/", 1)[-1]
+    model = config.generator.model.rsplit("/", 1)[-1]
+    return f"{source} · {model} · M={config.generator.M} N={config.completer.N}"
+
+
 def _run_name() -> str:
-    """`<dataset> · <generator model> · M=…, N=…` (from the parameters as given)."""
+    """The name from the parameters as given; a deployment run is renamed once its parameters
+    are merged over the deployment's (`_rename_run`)."""
     params = flow_run.parameters
-    dataset = params.get("dataset") or DEFAULTS.dataset
-    generator = params.get("generator") or DEFAULTS.generator
-    completer = params.get("completer") or DEFAULTS.completer
-    source = str(getattr(dataset, "source", "?")).rstrip("/").rsplit("/", 1)[-1]
-    model = str(getattr(generator, "model", "?")).rsplit("/", 1)[-1]
-    m, n = getattr(generator, "M", "?"), getattr(completer, "N", "?")
-    return f"{source} · {model} · M={m} N={n}"
+    try:
+        return run_name(RunConfig.model_validate({k: v for k, v in params.items() if v}))
+    except ValidationError:
+        return "mshep"
+
+
+def _rename_run(config: RunConfig) -> None:
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None or context.flow_run.deployment_id is None:
+        return
+    from prefect.client.orchestration import get_client
+
+    if context.flow_run.name != run_name(config):
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(context.flow_run.id, name=run_name(config))
 
 
 @flow(name="mshep", flow_run_name=_run_name, log_prints=False)
@@ -125,6 +147,8 @@ def mshep_flow(
     )
     logger = get_run_logger()
     started = time.monotonic()
+    _rename_run(config)
+    logger.info("config:\n%s", public_config(config))
     runner = build_task_runner(config)  # refuses Ray without a Prefect API, before any work
     checks = preflight_task(config)
     logger.info("checks passed:\n%s", checks)

@@ -19,14 +19,14 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 from flows.secrets import hub_token
 from mshep.backends import make_backend
 from mshep.checks import preflight
+from mshep.completion import golden_answers, label_solutions, label_targets
 from mshep.config import CompleterConfig, ModelStage, RunConfig, ServingConfig
 from mshep.failures import RequestTally, check_failed_share
 from mshep.formats import format_rows
+from mshep.generation import generate_solutions
 from mshep.hub import push_dataset
 from mshep.io import load_problems, read_records, write_dataset
-from mshep.labelling import LabelTarget
-from mshep.pipeline import generate_solutions, label_solutions
-from mshep.records import Failure, KeyedSolution, LabelledSolution, Problem, Solution, Stage
+from mshep.records import Failure, KeyedSolution, LabelledSolution, Problem, Stage
 from mshep.shards import Layout, ShardRef, finish_shard, finished, write_question_shards
 from mshep.summary import RunSummary, StageSummary, label_counts, quality_report
 
@@ -105,34 +105,6 @@ def _retries(client: Any) -> int:
     return int(getattr(stats, "retries", 0))
 
 
-def _golden_answers(problems: list[Problem], golden_ref: ShardRef | None) -> dict[str, str]:
-    if golden_ref is None:
-        return {p.id: p.reference_answer for p in problems if p.reference_answer is not None}
-    return {k.problem_id: k.solution.answer for k in read_records(golden_ref.path, KeyedSolution)}
-
-
-def _targets(
-    problems: list[Problem], golden: dict[str, str], generated_ref: ShardRef
-) -> tuple[list[LabelTarget], list[Failure]]:
-    by_problem: dict[str, list[Solution]] = {}
-    for keyed in read_records(generated_ref.path, KeyedSolution):
-        by_problem.setdefault(keyed.problem_id, []).append(keyed.solution)
-    targets, unlabelled = [], []
-    for problem in problems:
-        solutions = by_problem.get(problem.id, [])
-        if problem.id not in golden:
-            why = "no golden answer"
-            unlabelled.append(Failure(stage=Stage.GOLDEN, reason=why, problem_id=problem.id))
-        elif not solutions:
-            why = "no candidate solution could be read"
-            unlabelled.append(Failure(stage=Stage.GENERATE, reason=why, problem_id=problem.id))
-        else:
-            targets += [
-                LabelTarget(problem.id, problem.question, golden[problem.id], s) for s in solutions
-            ]
-    return targets, unlabelled
-
-
 @task(name="complete", cache_policy=SHARD_CACHE, persist_result=True, tags=TAGS)
 def complete_task(
     completer: CompleterConfig,
@@ -147,7 +119,9 @@ def complete_task(
     if reuse and (done := finished(out)):
         return done
     problems = read_records(problems_ref.path, Problem)
-    targets, unlabelled = _targets(problems, _golden_answers(problems, golden_ref), generated_ref)
+    golden = read_records(golden_ref.path, KeyedSolution) if golden_ref else None
+    generated = read_records(generated_ref.path, KeyedSolution)
+    targets, unlabelled = label_targets(problems, golden_answers(problems, golden), generated)
     with make_backend(serving) as client:
         result = label_solutions(client, targets, completer)
     _fail_on_lost_requests(result.tally, serving, Stage.COMPLETE, problems_ref)

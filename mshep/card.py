@@ -77,7 +77,7 @@ def dataset_card(config: RunConfig, summary: RunSummary) -> str:
         "that hold secrets, never their values):",
         "",
         "```yaml",
-        _public_config(config),
+        public_config(config),
         "```",
     ]
     return "\n".join(parts) + "\n"
@@ -229,7 +229,7 @@ def _plain(value: Any) -> str:
     return "–" if value is None else str(value)
 
 
-def _public_config(config: RunConfig) -> str:
+def public_config(config: RunConfig) -> str:
     """The config as YAML, with any `user:password@` cut out of URLs: a base URL may carry
     credentials even though tokens belong in the environment."""
     text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

@@ -26,6 +26,15 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+_SECTION_OF = {
+    "golden": "golden",
+    "generator": "generator",
+    "generate": "generator",
+    "completer": "completer",
+    "complete": "completer",
+}
+
+
 class ServingConfig(Section):
     """Where and how the models are served. None of it is in a cache key: moving a run to another
     server, or raising its concurrency, keeps every finished shard. Flat fields (no unions) so
@@ -53,6 +62,15 @@ class ServingConfig(Section):
         default="HF_TOKEN",
         description="Environment variable holding the API token (not the token).",
     )
+    golden_token_env: str | None = Field(
+        default=None, description="The golden server's token variable, when not token_env."
+    )
+    generator_token_env: str | None = Field(
+        default=None, description="The generator's server token variable, when not token_env."
+    )
+    completer_token_env: str | None = Field(
+        default=None, description="The completer's server token variable, when not token_env."
+    )
     concurrency: int = Field(default=64, ge=1, le=4096, description="Requests in flight at once.")
     timeout_s: float = Field(default=300.0, gt=0, description="Per-request timeout, seconds.")
     max_retries: int = Field(default=6, ge=0, le=20, description="Retries on 429/5xx/timeouts.")
@@ -79,9 +97,17 @@ class ServingConfig(Section):
     enable_prefix_caching: bool = Field(default=True, description="vllm only.")
 
     def for_stage(self, stage: str) -> ServingConfig:
-        """This config with the stage's own server, if it has one, as `base_url`."""
-        own = getattr(self, f"{stage}_base_url", None)
-        return self.model_copy(update={"base_url": own}) if own else self
+        """This config with the stage's own server and token variable, where it has them.
+        `stage`: a section name (golden, generator, completer) or a stage (generate, complete)."""
+        section = _SECTION_OF.get(stage)
+        if section is None:
+            raise ValueError(f"no model stage {stage!r}: one of {', '.join(_SECTION_OF)}")
+        own = {
+            field: value
+            for field in ("base_url", "token_env")
+            if (value := getattr(self, f"{section}_{field}")) is not None
+        }
+        return self.model_copy(update=own) if own else self
 
 
 class SamplingConfig(Section):
@@ -200,9 +226,20 @@ class ExecutionConfig(Section):
     ray_address: str | None = Field(
         default=None, description="Ray cluster, e.g. ray://head:10001; unset = local Ray."
     )
-    gpus_per_task: float = Field(
-        default=0.0, ge=0, le=64, description="Ray only: GPUs each generate/complete task holds."
+    golden_gpus: float = Field(
+        default=0.0, ge=0, le=64, description="Ray only: GPUs each golden task holds."
     )
+    generator_gpus: float = Field(
+        default=0.0, ge=0, le=64, description="Ray only: GPUs each generate task holds."
+    )
+    completer_gpus: float = Field(
+        default=0.0, ge=0, le=64, description="Ray only: GPUs each complete task holds."
+    )
+
+    def gpus_for(self, stage: str) -> float:
+        """GPUs a task of `stage` (a section name or a stage) holds on Ray."""
+        return float(getattr(self, f"{_SECTION_OF[stage]}_gpus"))
+
     cache: bool = Field(
         default=True, description="Reuse finished shards of an earlier run with the same inputs."
     )

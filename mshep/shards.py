@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.metadata
 import importlib.util
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -34,15 +35,18 @@ import mshep
 from mshep.config import RunConfig
 from mshep.records import Failure, Problem, Stage, Usage
 
-# The library modules whose code decides each stage's output. `write` is not cached (it reruns
-# every time), so the formats need no digest.
-_SOLVE = ("records", "prompts", "parsing", "pipeline", "backends.base")
+# The library modules whose code decides each stage's output (`tests/test_shards.py` checks that
+# each stage's imports are covered). `write` is not cached (it reruns every time), so the formats
+# need no digest; how replies are fetched (backends.http*) is serving, not computing.
+_SOLVE = ("records", "prompts", "parsing", "batches", "failures", "backends.base")
 STAGE_CODE: dict[Stage, tuple[str, ...]] = {
     Stage.LOAD: ("records", "parsing", "references", "io"),
-    Stage.GOLDEN: _SOLVE,
-    Stage.GENERATE: _SOLVE,
-    Stage.COMPLETE: (*_SOLVE, "answers", "labelling"),
+    Stage.GOLDEN: (*_SOLVE, "generation"),
+    Stage.GENERATE: (*_SOLVE, "generation"),
+    Stage.COMPLETE: (*_SOLVE, "completion", "answers", "labelling"),
 }
+# Answer checking is math-verify's too: its version is part of the completion key.
+STAGE_PACKAGES: dict[Stage, tuple[str, ...]] = {Stage.COMPLETE: ("math-verify",)}
 
 
 class ShardRef(BaseModel):
@@ -69,6 +73,8 @@ class ShardRef(BaseModel):
 def code_digest(stage: Stage) -> str:
     """The mshep version and the source of every module `stage` runs, hashed."""
     sha = hashlib.sha256(mshep.__version__.encode())
+    for package in STAGE_PACKAGES.get(stage, ()):
+        sha.update(f"{package}=={importlib.metadata.version(package)}".encode())
     for name in STAGE_CODE[stage]:
         spec = importlib.util.find_spec(f"mshep.{name}")
         if spec is None or spec.origin is None:  # cannot happen in an installed mshep

@@ -60,3 +60,21 @@ def test_secrets_are_not_fields():
     assert "token_env" in text
     for secret in ("api_key", 'hf_token"', "secret_key", "password"):
         assert secret not in text
+
+
+def test_a_stage_can_have_its_own_server_and_token_variable():
+    serving = ServingConfig(base_url="http://local:8000/v1", golden_token_env="HF_TOKEN")
+    serving = serving.model_copy(update={"golden_base_url": "https://router.example/v1"})
+    serving = serving.model_copy(update={"token_env": "LOCAL_TOKEN"})
+    golden, completer = serving.for_stage("golden"), serving.for_stage("complete")
+    assert (golden.base_url, golden.token_env) == ("https://router.example/v1", "HF_TOKEN")
+    assert (completer.base_url, completer.token_env) == ("http://local:8000/v1", "LOCAL_TOKEN")
+    with pytest.raises(ValueError, match="no model stage"):
+        serving.for_stage("write")
+
+
+def test_gpus_are_per_stage():
+    config = RunConfig.model_validate({"execution": {"completer_gpus": 1, "generator_gpus": 0.5}})
+    assert config.execution.gpus_for("complete") == 1.0
+    assert config.execution.gpus_for("generate") == 0.5
+    assert config.execution.gpus_for("golden") == 0.0

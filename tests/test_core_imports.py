@@ -11,7 +11,11 @@ CORE = [
     "mshep.answers",
     "mshep.labelling",
     "mshep.formats",
-    "mshep.pipeline",
+    "mshep.batches",
+    "mshep.generation",
+    "mshep.completion",
+    "mshep.failures",
+    "mshep.references",
     "mshep.backends.base",
     "mshep.backends.fake",
 ]

@@ -138,8 +138,13 @@ def test_a_served_deployment_runs_on_ray_and_a_run_overrides_one_field(
     run: Any = run_deployment(
         name, parameters={"completer": {"N": 3}}, timeout=300, poll_interval=1
     )
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(run.id)
     assert run.state is not None and run.state.is_completed(), log.read_text()[-4000:]
 
+    assert run.name == "test.jsonl · sim-weak · M=2 N=3"  # named from the merged parameters
     rows = read_jsonl(output / "raw" / "data.jsonl")
     assert len(rows) == QUESTIONS * 2  # dataset.limit and generator.M kept
     assert {row["completer_model"] for row in rows} == {"sim-weak"}  # completer.model kept

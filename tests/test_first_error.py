@@ -8,9 +8,10 @@ import pytest
 
 from mshep.backends.base import Completion, GenerationRequest
 from mshep.backends.fake import FakeBackend
+from mshep.batches import derive_seed
+from mshep.completion import label_solutions
 from mshep.config import CompleterConfig
 from mshep.labelling import FirstError, Labeller, PerStep, search_bracket
-from mshep.pipeline import derive_seed, label_solutions
 from mshep.records import Hard, LabelledSolution, LabelSource, Rollout, RolloutStatus
 from tests.helpers import make_target
 

@@ -94,6 +94,10 @@ def test_a_run_overrides_a_deployment_field_by_field() -> None:
     assert merged == {"model": "a", "N": 8, "sampling": {"temperature": 0.5, "top_p": 1.0}}
     assert _merge(deployed, {"sampling": None})["sampling"] is None  # an explicit null unsets
     assert _merge({"__prefect_kind": "json", "value": "{}"}, {"N": 1}) == {"N": 1}
+    # A placeholder inside the deployment's section: the server resolved it into the run's
+    # parameters only, so the run's section is taken whole rather than mixed with it.
+    variable = {"__prefect_kind": "workspace_variable", "variable_name": "model"}
+    assert _merge({"model": variable, "N": 4}, {"model": "m", "N": 8}) == {"model": "m", "N": 8}
 
 
 def test_sections_given_directly_are_validated_together() -> None:

@@ -1,6 +1,7 @@
 import pytest
 
 from mshep.backends.base import Completion
+from mshep.completion import read_rollout
 from mshep.labelling import (
     FirstError,
     Labeller,
@@ -9,7 +10,6 @@ from mshep.labelling import (
     label_from_rollouts,
     make_strategy,
 )
-from mshep.pipeline import read_rollout
 from mshep.records import Hard, LabelSource, Rollout, RolloutStatus
 from tests.helpers import make_target
 

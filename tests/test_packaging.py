@@ -21,7 +21,7 @@ import json, sys
 from mshep.backends.fake import FakeBackend
 from mshep.config import CompleterConfig
 from mshep.labelling import LabelTarget
-from mshep.pipeline import label_solutions
+from mshep.completion import label_solutions
 from mshep.records import Solution
 
 solution = Solution(steps=["2 + 2 = 5", "5 * 3 = 15"], answer="15", model="weak")

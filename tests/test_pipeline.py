@@ -2,18 +2,17 @@
 
 from mshep.backends.base import Completion, GenerationRequest
 from mshep.backends.fake import FakeBackend
-from mshep.config import CompleterConfig, GeneratorConfig
-from mshep.labelling import LabelTarget
-from mshep.pipeline import (
+from mshep.batches import derive_seed, split_usage
+from mshep.completion import (
     ALL_RIGHT,
     ALL_WRONG,
     FILTER_STAGE,
-    derive_seed,
     filter_by_difficulty,
-    generate_solutions,
     label_solutions,
-    split_usage,
 )
+from mshep.config import CompleterConfig, GeneratorConfig
+from mshep.generation import generate_solutions
+from mshep.labelling import LabelTarget
 from mshep.records import Hard, LabelSource, Problem, Usage
 from tests.helpers import make_target, prefix_len_of
 

@@ -2,9 +2,11 @@
 
 from mshep.backends.base import Completion
 from mshep.backends.fake import FakeBackend
+from mshep.batches import split_usage
+from mshep.completion import label_solutions
 from mshep.config import CompleterConfig, GeneratorConfig, GoldenConfig, RunConfig
 from mshep.formats import DROP_UNKNOWN, format_rows
-from mshep.pipeline import generate_solutions, label_solutions, split_usage
+from mshep.generation import generate_solutions
 from mshep.records import Hard, Problem, Usage
 from tests.helpers import make_target
 

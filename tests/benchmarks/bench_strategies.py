@@ -26,9 +26,10 @@ from bench_pipeline import DATA, start_simulator, stats
 
 from mshep.backends import make_backend
 from mshep.backends.base import Backend
+from mshep.completion import label_solutions
 from mshep.config import CompleterConfig, GeneratorConfig, ServingConfig
+from mshep.generation import generate_solutions
 from mshep.labelling import LabelTarget
-from mshep.pipeline import generate_solutions, label_solutions
 from mshep.records import LabelledSolution, Problem
 from mshep.references import parse_reference_answer
 from mshep.summary import StageSummary, quality_report

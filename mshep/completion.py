@@ -1,10 +1,7 @@
-"""Pure, given a backend. The stages as functions over one shard: build every request, send them
-to the backend in one call (one per labelling round), read the replies into records.
-
-Nothing is dropped silently: a request or reply that yields no solution, and a question the
-difficulty filter leaves out, becomes a `Failure` with its reason, and the caller's summary
-counts it.
-"""
+"""Pure, given a backend. The complete stage over one shard: which candidates to label (those
+with a golden answer), rollouts from their step prefixes (every rollout of a labelling round in
+one backend call, unreadable ones asked again), and the labeller's decisions. A question left
+without a label is one `Failure` with its reason, never dropped silently."""
 
 from __future__ import annotations
 
@@ -12,21 +9,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from mshep.answers import answers_match
-from mshep.backends.base import Backend, Completion, GenerationRequest, GenerationResult
-from mshep.batches import call_backend, derive_seed, split_usage
-from mshep.config import CompleterConfig, ModelStage
+from mshep.backends.base import Backend, Completion, GenerationRequest
+from mshep.batches import call_backend, derive_seed
+from mshep.config import CompleterConfig
 from mshep.failures import RequestTally
 from mshep.labelling import Labeller, LabelTarget, PrefixQuery, make_strategy
-from mshep.parsing import ParseFailure, extract_final_answer, parse_json_solution, parse_solution
-from mshep.prompts import (
-    ROLLOUT_SCHEMA,
-    SOLUTION_SCHEMA,
-    completer_messages,
-    generator_messages,
-    response_format,
-)
+from mshep.parsing import ParseFailure, extract_final_answer, parse_json_solution
+from mshep.prompts import ROLLOUT_SCHEMA, completer_messages, response_format
 from mshep.records import (
     Failure,
+    KeyedSolution,
     LabelledSolution,
     Problem,
     Rollout,
@@ -35,19 +27,6 @@ from mshep.records import (
     Stage,
     Usage,
 )
-
-
-def read_solution(
-    completion: Completion, structured: bool, model: str, index: int, usage: Usage
-) -> Solution | ParseFailure:
-    if completion.finish_reason == "error":
-        return ParseFailure(reason="request failed")
-    if completion.finish_reason == "length":
-        return ParseFailure(reason="reply cut at max_tokens", text=completion.text or "")
-    parsed = parse_json_solution(completion.text) if structured else parse_solution(completion.text)
-    if isinstance(parsed, ParseFailure):
-        return parsed
-    return Solution(steps=parsed.steps, answer=parsed.answer, model=model, index=index, usage=usage)
 
 
 def read_rollout(completion: Completion, golden_answer: str, structured: bool = False) -> Rollout:
@@ -70,103 +49,6 @@ def read_rollout(completion: Completion, golden_answer: str, structured: bool = 
     return Rollout(
         status=RolloutStatus.OK, answer=answer, correct=answers_match(answer, golden_answer)
     )
-
-
-@dataclass
-class Generated:
-    solutions: dict[str, list[Solution]] = field(default_factory=dict)
-    failures: list[Failure] = field(default_factory=list)
-    usage: Usage = field(default_factory=Usage)
-    tally: RequestTally = field(default_factory=RequestTally)
-    resampled: int = 0  # replies asked again because the first could not be read
-
-
-def _solution_request(
-    problem: Problem, stage: ModelStage, n: int, stage_name: str, attempt: int
-) -> GenerationRequest:
-    sampling = stage.sampling
-    again = ("resample", attempt) if attempt else ()
-    return GenerationRequest(
-        messages=generator_messages(problem.question, stage.prompts, stage.structured_output),
-        n=n,
-        max_tokens=sampling.max_tokens,
-        temperature=sampling.temperature,
-        top_p=sampling.top_p,
-        stop=sampling.stop,
-        seed=derive_seed(sampling.seed, problem.id, stage_name, *again),
-        response_format=response_format(SOLUTION_SCHEMA) if stage.structured_output else None,
-        model=stage.model,
-        tag=f"{stage_name}/{problem.id}",
-    )
-
-
-def generate_solutions(
-    backend: Backend, problems: Sequence[Problem], stage: ModelStage, m: int, stage_name: str
-) -> Generated:
-    """M solutions per problem through n-sampling: one request per problem, all in one call;
-    then, up to `stage.resample` times, one more call for the replies that could not be read
-    (a slot still unread at the end keeps the failure of its first reply)."""
-    stage_name = str(stage_name)  # a `Stage` member's value: it enters the request seeds
-    out = Generated(solutions={p.id: [] for p in problems})
-    unread: dict[tuple[str, int], Failure] = {}  # slots whose reply could not be read
-    slots = {p.id: list(range(m)) for p in problems}  # candidate indices still to fill
-    for attempt in range(stage.resample + 1):
-        asking = [p for p in problems if slots[p.id]]
-        requests = [
-            _solution_request(p, stage, len(slots[p.id]), stage_name, attempt) for p in asking
-        ]
-        out.resampled += sum(r.n for r in requests) if attempt else 0
-        for problem, result in zip(asking, call_backend(backend, requests, out.tally), strict=True):
-            asked = slots[problem.id]
-            unreadable = _read_candidates(out, problem, result, asked, stage, stage_name, attempt)
-            answered = asked[: len(result.completions)]
-            for slot in answered:
-                if slot in unreadable:
-                    unread.setdefault((problem.id, slot), unreadable[slot])
-                else:
-                    unread.pop((problem.id, slot), None)
-            # A re-sample that did not come back leaves its slot unread, to ask once more.
-            slots[problem.id] = [
-                s for s in asked if s in unreadable or (attempt and s not in answered)
-            ]
-    out.failures += unread.values()
-    for solutions in out.solutions.values():
-        solutions.sort(key=lambda solution: solution.index)
-    return out
-
-
-def _read_candidates(
-    out: Generated,
-    problem: Problem,
-    result: GenerationResult,
-    slots: list[int],
-    stage: ModelStage,
-    stage_name: str,
-    attempt: int,
-) -> dict[int, Failure]:
-    """Read one request's replies into the candidate slots they fill. Returns the slots whose
-    reply was text that could not be read (worth asking again), with that failure; other
-    failures (request failed, cut at max_tokens, missing replies) are recorded here."""
-    out.usage += result.usage
-
-    def failure(reason: str, detail: str) -> Failure:
-        return Failure(stage=stage_name, reason=reason, detail=detail, problem_id=problem.id)
-
-    if len(result.completions) < len(slots) and not result.error and not attempt:
-        detail = f"{len(result.completions)} of {len(slots)} replies came back"
-        out.failures.append(failure("missing replies", detail))
-    unreadable = {}
-    usages = split_usage(result.usage, result.completions)
-    for index, completion, usage in zip(slots, result.completions, usages, strict=False):
-        model = result.model or stage.model
-        read = read_solution(completion, stage.structured_output, model, index, usage)
-        if isinstance(read, Solution):
-            out.solutions[problem.id].append(read)
-        elif completion.finish_reason == "stop":
-            unreadable[index] = failure(read.reason, read.text[:200])
-        else:
-            out.failures.append(failure(read.reason, result.error or read.text[:200]))
-    return unreadable
 
 
 @dataclass
@@ -294,3 +176,35 @@ def label_solutions(
     out.rounds = labeller.rounds
     out.prefixes = labeller.prefixes_evaluated
     return out
+
+
+def golden_answers(
+    problems: Sequence[Problem], golden: Sequence[KeyedSolution] | None
+) -> dict[str, str]:
+    """Each question's golden answer: a strong model's solution, or the dataset's reference."""
+    if golden is None:
+        return {p.id: p.reference_answer for p in problems if p.reference_answer is not None}
+    return {keyed.problem_id: keyed.solution.answer for keyed in golden}
+
+
+def label_targets(
+    problems: Sequence[Problem], golden: dict[str, str], generated: Sequence[KeyedSolution]
+) -> tuple[list[LabelTarget], list[Failure]]:
+    """The candidates to label, and one failure for each question that has none to label."""
+    by_problem: dict[str, list[Solution]] = {}
+    for keyed in generated:
+        by_problem.setdefault(keyed.problem_id, []).append(keyed.solution)
+    targets, unlabelled = [], []
+    for problem in problems:
+        solutions = by_problem.get(problem.id, [])
+        if problem.id not in golden:
+            why = "no golden answer"
+            unlabelled.append(Failure(stage=Stage.GOLDEN, reason=why, problem_id=problem.id))
+        elif not solutions:
+            why = "no candidate solution could be read"
+            unlabelled.append(Failure(stage=Stage.GENERATE, reason=why, problem_id=problem.id))
+        else:
+            targets += [
+                LabelTarget(problem.id, problem.question, golden[problem.id], s) for s in solutions
+            ]
+    return targets, unlabelled
