@@ -19,6 +19,7 @@ from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
 from pydantic import ValidationError
 
+from flows.lock import output_lock
 from flows.placement import StageFutures, Submitter, build_task_runner
 from flows.stages import load_task, preflight_task, push_task, write_task
 from mshep.card import dataset_card, public_config
@@ -152,6 +153,13 @@ def mshep_flow(
     runner = build_task_runner(config)  # refuses Ray without a Prefect API, before any work
     checks = preflight_task(config)
     logger.info("checks passed:\n%s", checks)
+    with output_lock(Layout.of(config)):
+        return _label(config, runner, checks, started)
+
+
+def _label(config: RunConfig, runner: Any, checks: str, started: float) -> dict[str, Any]:
+    """Load, the stage tasks on the run's runner, then outputs, summary and card."""
+    logger = get_run_logger()
     rows_in, shards, rejected = load_task(config)
     for failure in rejected:
         logger.warning("row not used: %s (%s)", failure.reason, failure.detail)

@@ -489,3 +489,23 @@ def test_simulated_maths_model_through_faults() -> None:
     assert all(len(r.completions) == 2 for r in results)
     assert all("The answer is" in (c.text or "") for r in results for c in r.completions)
     assert backend.stats.retries > 0
+
+
+def test_check_sends_one_tiny_real_request(serve: Callable[..., ScriptedServer]) -> None:
+    server = serve()
+    backend_for(server).check("served-model")
+    assert [(s.method, s.path) for s in server.seen] == [
+        ("GET", "/v1/models"),
+        ("POST", "/v1/chat/completions"),
+    ]
+    assert server.seen[1].payload["max_tokens"] == 1
+
+
+def test_check_rejects_a_server_that_answers_html(serve: Callable[..., ScriptedServer]) -> None:
+    """A proxy's login page with status 200: not an OpenAI chat completion, so not a model."""
+    page = "<html><body>Please sign in</body></html>"
+    server = serve([Step(200, page, {"content-type": "text/html"})])
+    with pytest.raises(BackendUnavailable, match="malformed reply") as raised:
+        backend_for(server).check("served-model")
+    assert "one-token test request for 'served-model'" in str(raised.value)
+    assert len([s for s in server.seen if s.method == "POST"]) == 1  # no retries in a check

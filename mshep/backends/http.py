@@ -147,8 +147,10 @@ class HttpBackend(BackendBase):
             )
         return token
 
-    def check(self) -> None:
-        """Preflight: the token is set and, for a server, GET /models answers and accepts it."""
+    def check(self, model: str | None = None) -> None:
+        """Preflight: the token is set; a server answers GET /models (and accepts the token);
+        then, given a model, one tiny real chat request (1 token, no retries) must come back as
+        an OpenAI chat completion, so a proxy's HTML page or a wrong path fails here."""
         token = self._read_token()
         if getattr(constants, "HF_HUB_OFFLINE", False):
             where = self.config.base_url or "Hugging Face Inference"
@@ -158,6 +160,20 @@ class HttpBackend(BackendBase):
             )
         if self.config.base_url is not None:
             check_server(self.config.base_url, token, self.config.token_env)
+        if model is not None:
+            self._check_chat(model)
+
+    def _check_chat(self, model: str) -> None:
+        probe = HttpBackend(
+            self.config.model_copy(update={"max_retries": 0, "circuit_breaker": 0}),
+            backoff_s=self.backoff_s,
+        )
+        ask = [{"role": "user", "content": "What is 1 + 1? Answer with the number."}]
+        (result,) = probe.generate([GenerationRequest(messages=ask, model=model, max_tokens=1)])
+        if result.error is not None:
+            raise BackendUnavailable(
+                f"a one-token test request for {model!r} to {self.where} failed: {result.error}"
+            )
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         if not requests:
