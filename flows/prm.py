@@ -19,6 +19,7 @@ from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
 from pydantic import ValidationError
 
+from flows.artifacts import RunProgress, publish_report
 from flows.lock import output_lock
 from flows.placement import StageFutures, Submitter, build_task_runner
 from flows.stages import load_task, preflight_task, push_task, write_task
@@ -167,7 +168,11 @@ def _label(config: RunConfig, runner: Any, checks: str, started: float) -> dict[
     with runner:
         submitter = Submitter(config, runner)
         futures = submitter.submit(shards)
-        refs = settle(futures)  # every shard task ends; a failed one fails the run, after
+        progress = RunProgress(
+            {stage.value: len(pending) for stage, pending in futures.items() if pending}
+        )
+        refs = settle(futures, progress)  # every shard task ends; then a failed one fails the run
+        progress.finish()
     stages = _stages(refs, submitter.reused)
     written = write_task(config, refs[Stage.COMPLETE], stages)
     summary = _summarise(rows_in, rejected, refs, stages, written)
@@ -184,10 +189,12 @@ def _finish(config: RunConfig, summary: RunSummary) -> dict[str, Any]:
     for line in summary.lines():
         logger.info(line)
     if summary.rows_labelled == 0:
+        publish_report(config, summary, None)  # the table of rows not labelled says why
         reasons = "; ".join(f"{n} × {why}" for why, n in summary.rows_not_labelled.items())
         raise MshepError(f"no row was labelled ({reasons}); nothing was written")
     card = dataset_card(config, summary)
     write_text(layout.card, card)
+    publish_report(config, summary, layout.card)
     result = summary.model_dump()
     if config.output.push_to_hub:
         result["hub_url"] = push_task(config, summary, card)
@@ -195,7 +202,7 @@ def _finish(config: RunConfig, summary: RunSummary) -> dict[str, Any]:
     return result
 
 
-def settle(futures: StageFutures) -> dict[Stage, list[ShardRef]]:
+def settle(futures: StageFutures, progress: RunProgress) -> dict[Stage, list[ShardRef]]:
     """Wait for every shard task, so each finished one is saved; then, if any failed, fail the
     run naming the first cause: a run that lost rows to the infrastructure never exits 0."""
     refs: dict[Stage, list[ShardRef]] = {stage: [] for stage in futures}
@@ -205,6 +212,7 @@ def settle(futures: StageFutures) -> dict[Stage, list[ShardRef]]:
             future.wait()
             if future.state.is_completed():
                 refs[stage].append(future.result())
+                progress.shard_done(stage)
             elif future.state.is_failed():
                 error = future.result(raise_on_failure=False)
                 why = str(error) if isinstance(error, BaseException) else future.state.message

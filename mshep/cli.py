@@ -19,6 +19,7 @@ from mshep.errors import MissingDependency, MshepError
 
 EPILOG = """\
 examples:
+  mshep demo                                                       # the whole pipeline, offline
   mshep run --dataset openai/gsm8k --limit 50 --model meta-llama/Llama-3.1-8B-Instruct
   mshep run --config run.yaml --base-url http://127.0.0.1:8000/v1 -M 4 -N 4
   mshep simulate --data tests/data/gsm8k/test.jsonl --port 8000   # offline dry-run model
@@ -50,6 +51,17 @@ def _parser() -> argparse.ArgumentParser:
     for sub in (run, check):
         _add_config_options(sub)
     commands.add_parser("config", help="print the full default config as YAML")
+    demo = commands.add_parser(
+        "demo",
+        help="the whole pipeline offline: a simulated model on bundled GSM8K questions",
+        description="Run the real flow on the first GSM8K test questions bundled with mshep, "
+        "against a simulated maths model started in this process: no server, no network, no "
+        "GPU. Prints where the dataset is and its label figures.",
+    )
+    demo.add_argument("--limit", type=int, default=50, metavar="QUESTIONS", help="1 to 200")
+    demo.add_argument("-M", type=int, default=4, dest="M", help="candidates per question")
+    demo.add_argument("-N", type=int, default=4, dest="N", help="rollouts per probed step")
+    demo.add_argument("--output", default="mshep-demo", metavar="PATH", help="output directory")
     simulate = commands.add_parser(
         "simulate",
         help="serve a simulated maths model (OpenAI API) for offline dry runs",
@@ -83,6 +95,11 @@ def _add_config_options(sub: argparse.ArgumentParser) -> None:
     )
     sub.add_argument("-M", type=int, dest="M", help="candidate solutions per question")
     sub.add_argument("-N", type=int, dest="N", help="rollouts per step prefix")
+    sub.add_argument(
+        "--strategy",
+        choices=["first_error", "per_step"],
+        help="labelling: binary search for the first bad step, or rollouts from every step",
+    )
     sub.add_argument("--output", metavar="PATH", help="output directory or s3:// prefix")
     sub.add_argument("--shard-size", type=int, metavar="QUESTIONS", help="questions per task")
     sub.add_argument(
@@ -162,6 +179,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         "serving.base_url": args.base_url,
         "generator.M": args.M,
         "completer.N": args.N,
+        "completer.strategy": args.strategy,
         "output.path": args.output,
         "execution.shard_size": args.shard_size,
     }
@@ -202,6 +220,28 @@ def _run(args: argparse.Namespace, execute: bool) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    if not 1 <= args.limit <= 200:
+        raise MshepError(f"--limit takes 1 to 200 (the bundled questions), got {args.limit}")
+    from flows.process import prepare_environment
+
+    prepare_environment()  # before Prefect is imported
+    from flows.demo import DEMO, mshep_demo
+
+    summary = mshep_demo(
+        dataset=DEMO.dataset.model_copy(update={"limit": args.limit}),
+        generator=DEMO.generator.model_copy(update={"M": args.M}),
+        completer=DEMO.completer.model_copy(update={"N": args.N}),
+        output=DEMO.output.model_copy(update={"path": args.output}),
+    )
+    labels = ", ".join(f"{k} {v}" for k, v in summary["labels"].items())
+    rows = ", ".join(f"{name} {n}" for name, n in summary["rows_out"].items())
+    print(f"dataset: {args.output}/ (rows: {rows})")
+    print(f"questions labelled: {summary['rows_labelled']} of {summary['rows_in']}; {labels}")
+    print(f"summary: {args.output}/summary.json; dataset card: {args.output}/README.md")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["simulate"]:  # its own options (and --help) belong to the simulator
@@ -215,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
 
             print(yaml.safe_dump(RunConfig().model_dump(mode="json"), sort_keys=False), end="")
             return 0
+        if args.command == "demo":
+            return _demo(args)
         if args.command == "simulate":
             from mshep.testing.simulator import main as simulate
 
