@@ -20,6 +20,7 @@ from prefect.runtime import flow_run
 from pydantic import ValidationError
 
 from flows.artifacts import RunProgress, publish_report
+from flows.endpoints import ensure_limits
 from flows.lock import output_lock
 from flows.placement import StageFutures, Submitter, build_task_runner
 from flows.stages import load_task, preflight_task, push_task, write_task
@@ -154,6 +155,7 @@ def mshep_flow(
     runner = build_task_runner(config)  # refuses Ray without a Prefect API, before any work
     checks = preflight_task(config)
     logger.info("checks passed:\n%s", checks)
+    ensure_limits([config.serving.for_stage(stage) for stage in ("golden", "generate", "complete")])
     with output_lock(Layout.of(config)):
         return _label(config, runner, checks, started)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mshep.config import OutputConfig
+from mshep.config import OutputConfig, ServingConfig
 from mshep.errors import MissingToken
 from mshep.hub import hub_token_from_env
 
@@ -15,6 +15,12 @@ def hub_token(output: OutputConfig) -> str:
     if output.hub_token_block:
         return secret_text(output.hub_token_block, "output.hub_token_block")
     return hub_token_from_env(output)
+
+
+def serving_token(serving: ServingConfig) -> str | None:
+    """The API token from `serving.token_block`, when one is named (else the backend reads
+    `serving.token_env` itself)."""
+    return secret_text(serving.token_block, "serving.token_block") if serving.token_block else None
 
 
 def secret_text(name: str, setting: str) -> str:

@@ -16,7 +16,8 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
-from flows.secrets import hub_token
+from flows.endpoints import endpoint_slots
+from flows.secrets import hub_token, serving_token
 from mshep.backends import make_backend
 from mshep.checks import preflight
 from mshep.completion import golden_answers, label_solutions, label_targets
@@ -67,7 +68,8 @@ def generate_task(
     if reuse and (done := finished(out)):
         return done
     problems = read_records(problems_ref.path, Problem)
-    with make_backend(serving) as client:
+    token = serving_token(serving)  # read here, never a task input
+    with endpoint_slots(serving) as held, make_backend(held, token) as client:
         result = generate_solutions(client, problems, stage, m, name.value)
     _fail_on_lost_requests(result.tally, serving, name, problems_ref)
     keyed = [
@@ -122,7 +124,8 @@ def complete_task(
     golden = read_records(golden_ref.path, KeyedSolution) if golden_ref else None
     generated = read_records(generated_ref.path, KeyedSolution)
     targets, unlabelled = label_targets(problems, golden_answers(problems, golden), generated)
-    with make_backend(serving) as client:
+    token = serving_token(serving)  # read here, never a task input
+    with endpoint_slots(serving) as held, make_backend(held, token) as client:
         result = label_solutions(client, targets, completer)
     _fail_on_lost_requests(result.tally, serving, Stage.COMPLETE, problems_ref)
     # `failures` here are per problem: exactly one for each problem left without a label.

@@ -62,6 +62,11 @@ class ServingConfig(Section):
         default="HF_TOKEN",
         description="Environment variable holding the API token (not the token).",
     )
+    token_block: str | None = Field(
+        default=None,
+        description="A Prefect Secret block holding the API token, read inside each task; "
+        "wins over token_env, so a deployment needs no token in its environment.",
+    )
     golden_token_env: str | None = Field(
         default=None, description="The golden server's token variable, when not token_env."
     )
@@ -76,6 +81,14 @@ class ServingConfig(Section):
     max_retries: int = Field(default=6, ge=0, le=20, description="Retries on 429/5xx/timeouts.")
     supports_n: bool = Field(
         default=True, description="Server honours `n`; if not, n requests are sent instead."
+    )
+    endpoint_limit: int | None = Field(
+        default=None,
+        ge=1,
+        le=65536,
+        description="Requests in flight to one endpoint across every task and every run (a "
+        "Prefect global concurrency limit named after the endpoint); a task holds "
+        "min(concurrency, limit) slots while it runs. Unset: each task bounds only its own.",
     )
     max_failed_share: float = Field(
         default=0.0,

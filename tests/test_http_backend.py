@@ -509,3 +509,19 @@ def test_check_rejects_a_server_that_answers_html(serve: Callable[..., ScriptedS
         backend_for(server).check("served-model")
     assert "one-token test request for 'served-model'" in str(raised.value)
     assert len([s for s in server.seen if s.method == "POST"]) == 1  # no retries in a check
+
+
+def test_a_token_read_from_a_secret_store_is_sent_and_kept_out_of_repr_and_pickles(
+    serve: Callable[..., ScriptedServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pickle
+
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    server = serve()
+    backend = HttpBackend(
+        ServingConfig(base_url=server.base_url, token_env=TOKEN_ENV), token="sk-from-block"
+    )
+    run(backend, [ask("a")])
+    assert server.seen[0].headers.get("authorization") == "Bearer sk-from-block"
+    assert "sk-from-block" not in repr(backend)
+    assert b"sk-from-block" not in pickle.dumps(backend)

@@ -324,3 +324,16 @@ def test_an_unreachable_hub_is_a_clear_error(tmp_path: Path) -> None:
         endpoint = gone.endpoint
     with pytest.raises(MshepError, match=f"{REPO}.*failed"):
         push(config, make_summary(files), TOKEN, endpoint=endpoint)
+
+
+def test_the_api_token_from_a_prefect_secret_block(prefect_harness: None) -> None:
+    from prefect.blocks.system import Secret
+
+    from flows.secrets import serving_token
+    from mshep.config import ServingConfig
+
+    Secret(value="sk-served").save("mshep-test-api-token", overwrite=True)
+    assert serving_token(ServingConfig(token_block="mshep-test-api-token")) == "sk-served"
+    assert serving_token(ServingConfig()) is None  # the backend reads serving.token_env
+    with pytest.raises(MissingToken, match=r"serving\.token_block"):
+        serving_token(ServingConfig(token_block="no-such-api-token"))

@@ -22,9 +22,10 @@ VLLM_NOT_YET = (
 )
 
 
-def make_backend(serving: ServingConfig) -> Backend:
+def make_backend(serving: ServingConfig, token: str | None = None) -> Backend:
     """The backend a serving config names; not entered yet (use it as a context manager).
-    Requests name their model: the backend is where they go, not what they ask."""
+    Requests name their model: the backend is where they go, not what they ask. `token`: one
+    the caller read from a secret store; otherwise the backend reads `serving.token_env`."""
     if serving.kind == "http":
         try:
             from mshep.backends.http import HttpBackend
@@ -32,5 +33,5 @@ def make_backend(serving: ServingConfig) -> Backend:
             raise MissingDependency(
                 f"the http backend needs `pip install mshep[flow]` ({error.name} is missing)"
             ) from error
-        return HttpBackend(serving)
+        return HttpBackend(serving, token=token)
     raise MissingDependency(VLLM_NOT_YET)

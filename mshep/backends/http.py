@@ -92,8 +92,10 @@ class HttpBackend(BackendBase):
         *,
         backoff_s: float = BACKOFF_S,
         max_backoff_s: float = MAX_BACKOFF_S,
+        token: str | None = None,
     ) -> None:
         self.config = config
+        self._given = token  # from a secret store, read by the caller; else the environment
         self.breaker = CircuitBreaker(config.circuit_breaker)
         self.where = config.base_url or "Hugging Face Inference"
         self.backoff_s = backoff_s
@@ -112,6 +114,7 @@ class HttpBackend(BackendBase):
         # The token stays in this process: an unpickled copy reads it again from its own env.
         state = self.__dict__.copy()
         state.pop("_token", None)
+        state.pop("_given", None)
         state.pop("_lock", None)
         state.pop("breaker", None)  # a copy watches its own endpoint calls
         state["_entered"] = False
@@ -119,7 +122,7 @@ class HttpBackend(BackendBase):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._token = None
+        self._token = self._given = None
         self._lock = threading.Lock()
         self.breaker = CircuitBreaker(self.config.circuit_breaker)
 
@@ -138,6 +141,8 @@ class HttpBackend(BackendBase):
         self._entered = False
 
     def _read_token(self) -> str | None:
+        if self._given:
+            return self._given
         env = self.config.token_env
         token = os.environ.get(env) or None
         if token is None and self.config.base_url is None:
@@ -167,6 +172,7 @@ class HttpBackend(BackendBase):
         probe = HttpBackend(
             self.config.model_copy(update={"max_retries": 0, "circuit_breaker": 0}),
             backoff_s=self.backoff_s,
+            token=self._given,
         )
         ask = [{"role": "user", "content": "What is 1 + 1? Answer with the number."}]
         (result,) = probe.generate([GenerationRequest(messages=ask, model=model, max_tokens=1)])
