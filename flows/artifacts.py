@@ -118,6 +118,12 @@ class RunProgress:
             self._totals.setdefault(str(stage), 0)
         self._push(None)
 
+    def describe(self) -> str:
+        """'shards finished: generate 3/6, complete 1/6', as the artifact says."""
+        with self._lock:
+            counts = ", ".join(f"{s} {self._done[s]}/{n}" for s, n in self._totals.items())
+        return f"shards finished: {counts or '-'}"
+
     def finish(self) -> None:
         """The run is done: 100%."""
         self._push(100.0)

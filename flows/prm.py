@@ -12,10 +12,12 @@ then picks its own task runner from `execution` (threads, or Ray) and runs the c
 # No `from __future__ import annotations` here: Prefect builds the parameter model from the
 # flow's annotations, and a run loaded from the entrypoint cannot resolve them as strings.
 import time
+from collections.abc import Callable
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
+from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from pydantic import ValidationError
 
@@ -204,31 +206,43 @@ def _finish(config: RunConfig, summary: RunSummary) -> dict[str, Any]:
     return result
 
 
+# Who else wants to see shards finish in this process (the CLI's line on a terminal).
+CONSOLE: list[Callable[[str], None]] = []
+
+
 def settle(futures: StageFutures, progress: RunProgress) -> dict[Stage, list[ShardRef]]:
-    """Wait for every shard task, so each finished one is saved; then, if any failed, fail the
-    run naming the first cause: a run that lost rows to the infrastructure never exits 0."""
-    refs: dict[Stage, list[ShardRef]] = {stage: [] for stage in futures}
-    failed, waiting = [], 0
-    for stage, pending in futures.items():
-        for index, future in enumerate(pending):
-            future.wait()
-            if future.state.is_completed():
-                refs[stage].append(future.result())
-                progress.shard_done(stage)
-            elif future.state.is_failed():
-                error = future.result(raise_on_failure=False)
-                why = str(error) if isinstance(error, BaseException) else future.state.message
-                failed.append(f"{stage.value} shard {index + 1}/{len(pending)}: {why}")
-            else:  # NotReady: a shard it reads failed
-                waiting += 1
+    """Wait for every shard task, as they finish (progress moves with them), so each finished
+    one is saved; then, if any failed, fail the run naming the first cause: a run that lost rows
+    to the infrastructure never exits 0."""
+    where = {
+        future: (stage, index, len(pending))
+        for stage, pending in futures.items()
+        for index, future in enumerate(pending)
+    }
+    done: dict[Stage, dict[int, ShardRef]] = {stage: {} for stage in futures}
+    failed, waiting, requests, retries = [], 0, 0, 0
+    for future in as_completed(list(where)):
+        stage, index, total = where[future]
+        future.wait()  # done already; this sets its final state (else `state` asks the API)
+        if future.state.is_completed():
+            ref = done[stage][index] = future.result()
+            progress.shard_done(stage)
+            requests, retries = requests + ref.usage.requests, retries + ref.retries
+            for show in CONSOLE:
+                show(f"{progress.describe()}; {requests} requests, {retries} retries")
+        elif future.state.is_failed():
+            error = future.result(raise_on_failure=False)
+            why = str(error) if isinstance(error, BaseException) else future.state.message
+            failed.append(f"{stage.value} shard {index + 1}/{total}: {why}")
+        else:  # NotReady: a shard it reads failed
+            waiting += 1
     if failed:
-        total = sum(len(pending) for pending in futures.values())
         raise RunIncomplete(
-            f"{len(failed)} of {total} shard tasks failed"
+            f"{len(failed)} of {len(where)} shard tasks failed"
             + (f" and {waiting} waited on them" if waiting else "")
             + f" ({failed[0]}); finished shards are kept: run the same command to resume"
         )
-    return refs
+    return {stage: [refs[i] for i in sorted(refs)] for stage, refs in done.items()}
 
 
 def _stages(refs: dict[Stage, list[ShardRef]], reused: dict[Stage, int]) -> dict[str, StageSummary]:

@@ -73,3 +73,24 @@ def interrupts(config: RunConfig) -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def terminal_progress() -> Iterator[None]:
+    """On a terminal, one line on stderr that shards finishing rewrite; elsewhere (a log file,
+    CI) nothing: Prefect's log lines say the same, one per event."""
+    from flows.prm import CONSOLE
+
+    if not sys.stderr.isatty():
+        yield
+        return
+
+    def show(text: str) -> None:
+        print(f"\r\033[K{text}", end="", file=sys.stderr, flush=True)
+
+    CONSOLE.append(show)
+    try:
+        yield
+    finally:
+        CONSOLE.remove(show)
+        print(file=sys.stderr)

@@ -197,7 +197,7 @@ def _run(args: argparse.Namespace, execute: bool) -> int:
     """`check`: the checks alone. `run`: the flow, which runs the same checks first."""
     config = build_config(args)
     try:
-        from flows.process import check_api, interrupts, prepare_environment
+        from flows.process import check_api, interrupts, prepare_environment, terminal_progress
 
         prepare_environment()  # before Prefect is imported
         from flows.prm import run_flow
@@ -213,7 +213,7 @@ def _run(args: argparse.Namespace, execute: bool) -> int:
         print(preflight(config, hub_token), file=sys.stderr)
         return 0
     check_api()
-    with interrupts(config):
+    with interrupts(config), terminal_progress():
         summary = run_flow(config)
     print("\n".join(summary.get("checks", [])), file=sys.stderr)
     print(json.dumps(summary, indent=2, default=str))
@@ -223,17 +223,18 @@ def _run(args: argparse.Namespace, execute: bool) -> int:
 def _demo(args: argparse.Namespace) -> int:
     if not 1 <= args.limit <= 200:
         raise MshepError(f"--limit takes 1 to 200 (the bundled questions), got {args.limit}")
-    from flows.process import prepare_environment
+    from flows.process import prepare_environment, terminal_progress
 
     prepare_environment()  # before Prefect is imported
     from flows.demo import DEMO, mshep_demo
 
-    summary = mshep_demo(
-        dataset=DEMO.dataset.model_copy(update={"limit": args.limit}),
-        generator=DEMO.generator.model_copy(update={"M": args.M}),
-        completer=DEMO.completer.model_copy(update={"N": args.N}),
-        output=DEMO.output.model_copy(update={"path": args.output}),
-    )
+    with terminal_progress():
+        summary = mshep_demo(
+            dataset=DEMO.dataset.model_copy(update={"limit": args.limit}),
+            generator=DEMO.generator.model_copy(update={"M": args.M}),
+            completer=DEMO.completer.model_copy(update={"N": args.N}),
+            output=DEMO.output.model_copy(update={"path": args.output}),
+        )
     labels = ", ".join(f"{k} {v}" for k, v in summary["labels"].items())
     rows = ", ".join(f"{name} {n}" for name, n in summary["rows_out"].items())
     print(f"dataset: {args.output}/ (rows: {rows})")

@@ -188,3 +188,4 @@ def test_an_interrupt_stops_at_once_says_what_finished_and_the_same_command_resu
     assert not asked_again & completed
     text = log.read_text()
     assert "Failed to send telemetry" not in text and "Traceback" not in text
+    assert "\x1b[K" not in text  # no terminal progress line in a log file
