@@ -17,6 +17,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
+from prefect.exceptions import UnfinishedRun
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from pydantic import ValidationError
@@ -223,19 +224,20 @@ def settle(futures: StageFutures, progress: RunProgress) -> dict[Stage, list[Sha
     failed, waiting, requests, retries = [], 0, 0, 0
     for future in as_completed(list(where)):
         stage, index, total = where[future]
-        future.wait()  # done already; this sets its final state (else `state` asks the API)
-        if future.state.is_completed():
+        # The result, not `future.state`: a runner's future may not hold its final state, and
+        # the API's record of it can lag (seen with Ray).
+        try:
             ref = done[stage][index] = future.result()
-            progress.shard_done(stage)
-            requests, retries = requests + ref.usage.requests, retries + ref.retries
-            for show in CONSOLE:
-                show(f"{progress.describe()}; {requests} requests, {retries} retries")
-        elif future.state.is_failed():
-            error = future.result(raise_on_failure=False)
-            why = str(error) if isinstance(error, BaseException) else future.state.message
-            failed.append(f"{stage.value} shard {index + 1}/{total}: {why}")
-        else:  # NotReady: a shard it reads failed
+        except UnfinishedRun:  # NotReady: a shard it reads failed
             waiting += 1
+            continue
+        except Exception as error:  # the task failed: its exception says why
+            failed.append(f"{stage.value} shard {index + 1}/{total}: {error}")
+            continue
+        progress.shard_done(stage)
+        requests, retries = requests + ref.usage.requests, retries + ref.retries
+        for show in CONSOLE:
+            show(f"{progress.describe()}; {requests} requests, {retries} retries")
     if failed:
         raise RunIncomplete(
             f"{len(failed)} of {len(where)} shard tasks failed"

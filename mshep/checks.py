@@ -4,14 +4,14 @@ model call, instead of a failed run."""
 
 from __future__ import annotations
 
-import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from mshep.backends import make_backend
 from mshep.config import ModelStage, OutputConfig, RunConfig
 from mshep.errors import DatasetError, OutputError
-from mshep.io import LoadedDataset, load_problems, remove, write_text
+from mshep.io import LoadedDataset, load_problems, one_line, remove, write_text
 from mshep.shards import Layout
 from mshep.summary import count_reasons
 
@@ -68,23 +68,48 @@ def check_dataset(config: RunConfig, loaded: LoadedDataset | None = None) -> str
     return "\n".join(lines)
 
 
+def _check_remote_output(config: RunConfig) -> None:
+    probe = f"{Layout.of(config).work}/.write-check"
+    try:  # the only sure test of a bucket and its keys is a write
+        write_text(probe, "mshep\n")
+        remove(probe)
+    except Exception as error:  # fsspec and its backends raise many types
+        cause = error.__cause__ if isinstance(error, OutputError) and error.__cause__ else error
+        raise OutputError(
+            f"cannot write to output.path {config.output.path!r}: {one_line(cause)}"
+        ) from None
+
+
+def _check_local_output(path: str) -> None:
+    """Output goes in a directory: the nearest one that exists takes a file. A real write, since
+    permission bits do not stop root and a read-only mount passes `os.access`."""
+    nearest = Path(path).absolute()
+    while not nearest.exists() and not nearest.is_symlink():
+        nearest = nearest.parent
+    if not nearest.is_dir():
+        what = "is a file" if nearest.is_file() else "is not a directory"
+        raise OutputError(
+            f"cannot write to output.path {path!r}: {nearest} {what}; output.path names a "
+            "directory (one folder per format, summary.json, README.md)"
+        )
+    try:
+        with tempfile.TemporaryFile(dir=nearest):
+            pass
+    except OSError as error:
+        raise OutputError(
+            f"cannot write to output.path {path!r}: cannot create a file in {nearest} "
+            f"({one_line(error)})"
+        ) from None
+
+
 def check_output(config: RunConfig, hub_token: TokenReader) -> str:
     """The output can be written (a bucket that is missing or refuses the keys fails here, not
     after the first stage), and a Hub push has its token (`hub_token` reads it)."""
     path = Layout.of(config).root
     if "://" in path:
-        probe = f"{Layout.of(config).work}/.write-check"
-        try:  # the only sure test of a bucket and its keys is a write
-            write_text(probe, "mshep\n")
-            remove(probe)
-        except Exception as error:  # fsspec and its backends raise many types
-            raise OutputError(f"cannot write to output.path {path!r}: {error}") from None
+        _check_remote_output(config)
     else:
-        parent = Path(path).absolute()
-        while not parent.exists():
-            parent = parent.parent
-        if not parent.is_dir() or not os.access(parent, os.W_OK):
-            raise OutputError(f"cannot write to output.path {path!r}: {parent} is not writable")
+        _check_local_output(path)
     line = f"output {path}: writable"
     if config.output.push_to_hub:
         hub_token(config.output)

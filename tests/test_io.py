@@ -1,5 +1,7 @@
 """Storage: datasets read from local jsonl / parquet / csv files, every row a problem or a
-rejection naming its row, column and value; records written and read back."""
+rejection naming its row, column and value (a reference with no mathematical content too); a
+source that is not a data file named; records written and read back, a failed write one
+`OutputError` naming the path and its cause."""
 
 from __future__ import annotations
 
@@ -9,9 +11,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from mshep.config import DatasetConfig
-from mshep.errors import DatasetError
-from mshep.io import exists, load_problems, read_records, write_records
+from mshep.config import DatasetConfig, OutputConfig
+from mshep.errors import DatasetError, OutputError
+from mshep.io import exists, load_problems, read_records, write_dataset, write_json, write_records
 from mshep.records import Failure, Problem
 
 ROWS: list[dict[str, Any]] = [
@@ -192,3 +194,120 @@ def test_an_empty_shard_round_trips(tmp_path: Path) -> None:
     path = str(tmp_path / "failures.jsonl")
     write_records(path, [])
     assert read_records(path, Failure) == []
+
+
+# --- sources that are not a data file, and answers that are not values (issue 14) --------------
+
+
+def test_a_directory_is_not_a_dataset(tmp_path: Path) -> None:
+    folder = tmp_path / "data.jsonl"
+    folder.mkdir()
+    with pytest.raises(DatasetError) as error:
+        load(folder)
+    assert str(error.value) == (
+        f"dataset.source {str(folder)!r} is a directory: name a data file in it "
+        "(.jsonl, .json, .parquet, .csv), a Hub dataset or an s3:// URI"
+    )
+
+
+@pytest.mark.parametrize("name", ["data.tsv", "data.jsonl.gz", "data"])
+def test_an_unsupported_file_type_lists_the_supported_ones(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_text("question\tanswer\nWhat is 1 + 1?\t#### 2\n")
+    with pytest.raises(DatasetError, match="unsupported file type") as error:
+        load(path)
+    assert str(error.value).startswith(f"dataset.source {str(path)!r}: ")
+    assert str(error.value).endswith("supported: .jsonl, .json, .parquet, .csv")
+
+
+def test_a_missing_file_of_any_type_is_named(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match=f"dataset file not found: {tmp_path}/nope.txt"):
+        load(tmp_path / "nope.txt")
+
+
+@pytest.mark.parametrize("answer_format", ["auto", "gsm8k", "boxed", "plain"])
+def test_a_reference_with_no_mathematical_content_is_never_a_golden_answer(
+    tmp_path: Path, answer_format: str
+) -> None:
+    written = {
+        "auto": "the answer is banana",
+        "gsm8k": "Some working.\n#### banana",
+        "boxed": "So \\boxed{banana}.",
+        "plain": "banana",
+    }
+    rows = [
+        {"question": "What is 2 + 3?", "answer": "5"},
+        {"question": "What is 3 + 4?", "answer": written[answer_format]},
+    ]
+    if answer_format != "plain":
+        rows[0]["answer"] = {"gsm8k": "#### 5", "boxed": "\\boxed{5}", "auto": "5"}[answer_format]
+    loaded = load(write(rows, tmp_path / "data.jsonl"), answer_format=answer_format)
+    assert [p.reference_answer for p in loaded.problems] == ["5"]
+    (failure,) = loaded.rejected
+    assert failure.reason == "reference answer has no mathematical content"
+    assert failure.detail is not None
+    assert failure.detail.startswith(f"row 1, column 'answer', value {written[answer_format]!r}")
+    if answer_format != "plain":  # the answer read is named when it is part of the value
+        assert failure.detail.endswith(", answer read 'banana'")
+
+
+def test_a_placeholder_reference_is_refused_unless_a_model_gives_the_golden_answer(
+    tmp_path: Path,
+) -> None:
+    rows = [*ROWS[:2], {"question": "What is 3 + 3?", "answer": "N/A"}]
+    path = write(rows, tmp_path / "data.jsonl")
+    (failure,) = load(path).rejected
+    assert failure.reason == "reference answer is a placeholder, not a value"
+    assert failure.detail == "row 2, column 'answer', value 'N/A'"
+    golden_from_a_model = load(path, need_reference=False)
+    assert not golden_from_a_model.rejected
+    assert golden_from_a_model.problems[2].reference_answer is None
+
+
+# --- writes that fail are one OutputError naming the path and the cause ------------------------
+
+
+def blocked(tmp_path: Path) -> Path:
+    """A path under a plain file: every write there fails in the OS."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    return blocker / "out"
+
+
+def test_a_failed_shard_write_names_the_path_and_the_cause(tmp_path: Path) -> None:
+    path = str(blocked(tmp_path) / "shard.jsonl")
+    with pytest.raises(OutputError) as error:
+        write_records(path, [Problem(id="a", question="q?", reference_answer="1")])
+    message = str(error.value)
+    assert message.startswith(f"cannot write {path}: NotADirectoryError: ")
+    assert "\n" not in message
+
+
+def test_a_failed_text_write_names_the_path_and_the_cause(tmp_path: Path) -> None:
+    path = str(blocked(tmp_path) / "summary.json")
+    with pytest.raises(OutputError, match=f"cannot write {path}: .*Error: "):
+        write_json(path, {"rows_in": 1})
+
+
+def test_a_failed_dataset_write_names_the_path_and_the_cause(tmp_path: Path) -> None:
+    directory = str(blocked(tmp_path) / "trl")
+    with pytest.raises(OutputError, match=f"cannot write {directory}: NotADirectoryError"):
+        write_dataset([{"prompt": "q?", "labels": [True]}], directory, OutputConfig())
+
+
+def test_a_dataset_file_that_cannot_be_written_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The directory is fine but the file write fails (a full disk): the file is named."""
+    import datasets
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(datasets.Dataset, "to_parquet", full)
+    directory = str(tmp_path / "trl")
+    with pytest.raises(OutputError) as error:
+        write_dataset([{"prompt": "q?"}], directory, OutputConfig())
+    assert str(error.value) == (
+        f"cannot write {directory}/data.parquet: OSError: [Errno 28] No space left on device"
+    )

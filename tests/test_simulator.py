@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +18,7 @@ import httpx
 import pytest
 
 from mshep.answers import answers_match
+from mshep.errors import ConfigError, DatasetError
 from mshep.parsing import ParsedSolution, parse_json_solution, parse_solution
 from mshep.prompts import (
     ROLLOUT_SCHEMA,
@@ -26,7 +28,7 @@ from mshep.prompts import (
     generator_messages,
     response_format,
 )
-from mshep.testing import SimulatedMathModel, SimulatorConfig, parse_args
+from mshep.testing import SimulatedMathModel, SimulatorConfig, main, parse_args
 from mshep.testing.sim_solutions import (
     corrupt_step,
     first_wrong_step,
@@ -375,3 +377,65 @@ def test_main_serves_until_interrupted() -> None:
         assert '"requests": 0' in process.stdout.read()
     finally:
         process.kill()
+
+
+# --- bad data, settings and ports are one message, not a traceback (issue 14) ----------------
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"problem": "q", "solution": "#### 1"}\n', "line 1 has no column 'question'"),
+        ('{"question": "q", "solution": "#### 1"}\n', "line 1 has no column 'answer'"),
+        ('{"question": "q", "answer": 7}\n', "line 1 has no text in column 'answer'"),
+        ('{"question": "q", "answer": "#### 1"}\n{oops\n', "line 2 is not JSON"),
+        ('["q", "#### 1"]\n', "line 1 is not a JSON object"),
+        ('{"question": "q", "answer": "\\\\boxed{1}"}\n', "line 1: column 'answer' has no '####"),
+        ("\n\n", "no problems in simulator data"),
+    ],
+)
+def test_data_the_simulator_cannot_use_is_named(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "data.jsonl"
+    path.write_text(text)
+    with pytest.raises(DatasetError) as error:
+        load_reference(path)
+    assert message in str(error.value) and str(path) in str(error.value)
+
+
+def test_missing_simulator_data_is_named(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match=f"simulator data file not found: {tmp_path}/x.jsonl"):
+        SimulatedMathModel(None, tmp_path / "x.jsonl")
+    with pytest.raises(DatasetError, match="is a directory"):
+        SimulatedMathModel(None, tmp_path)
+
+
+def test_a_port_in_use_is_named() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        sim = SimulatedMathModel(SimulatorConfig(port=port), DATA)
+        with pytest.raises(ConfigError, match=f"port {port} on 127.0.0.1 is in use"):
+            sim.start()
+    sim.stop()
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (["--data", "missing.jsonl"], 1, "error: simulator data file not found: missing.jsonl"),
+        (["--data", str(DATA), "--p-500", "2"], 2, "error: --p-500: Input should be less than"),
+        (
+            ["--data", str(DATA), "--p-500", "0.6", "--p-429", "0.6"],
+            2,
+            "must not exceed 1",
+        ),
+    ],
+)
+def test_main_says_what_is_wrong_in_one_line(
+    capsys: pytest.CaptureFixture[str], argv: list[str], code: int, message: str
+) -> None:
+    assert main(argv) == code
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("error: ") and message in err
+    assert len(err.strip().splitlines()) == 1

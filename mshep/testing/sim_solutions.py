@@ -19,6 +19,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from mshep.answers import answers_match
+from mshep.errors import DatasetError
 
 ANSWER_MARKER = "The answer is:"
 _ANSWER_TAIL = re.compile(r"\s*The answer is:\s*(?P<answer>[^\n]*?)\s*$")
@@ -62,18 +63,59 @@ def reference_from_row(question: str, answer_text: str) -> ReferenceProblem:
     )
 
 
+_NEEDS = "GSM8K-style rows: {'question': ..., 'answer': '... #### 72'}"
+
+
+def _row_reference(row: object, where: str) -> ReferenceProblem:
+    """One jsonl row → reference, or a `DatasetError` naming the line and what it lacks."""
+    if not isinstance(row, dict):
+        raise DatasetError(f"{where} is not a JSON object; the simulator needs {_NEEDS}")
+    for column in ("question", "answer"):
+        if not isinstance(row.get(column), str):
+            problem = "has no column" if column not in row else "has no text in column"
+            columns = ", ".join(map(str, row)) or "none"
+            raise DatasetError(
+                f"{where} {problem} {column!r} (its columns are: {columns}); "
+                f"the simulator needs {_NEEDS}"
+            )
+    try:
+        return reference_from_row(row["question"], row["answer"])
+    except ValueError:
+        shown = row["answer"] if len(row["answer"]) <= 60 else row["answer"][:57] + "..."
+        raise DatasetError(
+            f"{where}: column 'answer' has no '#### <answer>' line (value {shown!r}); "
+            f"the simulator needs {_NEEDS}"
+        ) from None
+
+
 def load_reference(path: str | Path) -> dict[str, ReferenceProblem]:
-    """Question (stripped) → reference, from a GSM8K-style jsonl; the first of duplicates wins."""
+    """Question (stripped) → reference, from a GSM8K-style jsonl; the first of duplicates wins.
+    A file that is missing or not such a jsonl is a `DatasetError` naming the file and line."""
+    path = Path(path)
+    if path.is_dir():
+        raise DatasetError(f"simulator data {path} is a directory: name a GSM8K-style .jsonl file")
     problems: dict[str, ReferenceProblem] = {}
-    with Path(path).open(encoding="utf-8") as lines:
-        for line in lines:
-            if line.strip():
-                row = json.loads(line)
-                problem = reference_from_row(row["question"], row["answer"])
-                problems.setdefault(problem.question, problem)
+    try:
+        with path.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, start=1):
+                where = f"{path} line {number}"
+                if line.strip():
+                    problem = _row_reference(_json(line, where), where)
+                    problems.setdefault(problem.question, problem)
+    except FileNotFoundError:
+        raise DatasetError(f"simulator data file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise DatasetError(f"cannot read simulator data {path}: {error}") from None
     if not problems:
-        raise ValueError(f"no problems in {path}")
+        raise DatasetError(f"no problems in simulator data {path}: the file has no rows")
     return problems
+
+
+def _json(line: str, where: str) -> object:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as error:
+        raise DatasetError(f"{where} is not JSON ({error.msg}, column {error.colno})") from None
 
 
 def count_tokens(text: str) -> int:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,6 +23,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from pydantic import ValidationError
+
+from mshep.errors import ConfigError, MshepError
 from mshep.testing.sim_app import Reply, SimulatorApp, error_reply, json_reply
 from mshep.testing.sim_config import SimulatorConfig, SimulatorStats
 from mshep.testing.sim_solutions import ReferenceProblem, load_reference
@@ -109,7 +114,10 @@ class SimulatedMathModel:
     def _bind(self) -> _Server:
         if self._server is None:
             self.app.stopping.clear()
-            self._server = _Server((self.config.host, self.config.port), self.app)
+            try:
+                self._server = _Server((self.config.host, self.config.port), self.app)
+            except OSError as error:
+                raise ConfigError(_bind_problem(self.config, error)) from None
         return self._server
 
     def start(self) -> str:
@@ -177,6 +185,16 @@ class SimulatedMathModel:
         return self.app.recorded_truth(question, steps)
 
 
+def _bind_problem(config: SimulatorConfig, error: OSError) -> str:
+    where = f"{config.host}:{config.port}"
+    if error.errno == errno.EADDRINUSE:
+        return (
+            f"port {config.port} on {config.host} is in use: stop what holds it, or pick "
+            "another with --port (0 picks a free one)"
+        )
+    return f"cannot listen on {where} (--host, --port): {error.strerror or error}"
+
+
 _CONVERTERS: dict[Any, Callable[[str], Any]] = {int: int, float: float, str: str}
 
 
@@ -205,15 +223,34 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[SimulatorConfig, Path
     return SimulatorConfig(**args), data
 
 
+def _settings_problem(error: ValidationError) -> str:
+    """Bad simulator settings as one line naming each flag and the value given."""
+    problems = []
+    for item in error.errors():
+        flag = "--" + "-".join(str(p) for p in item["loc"]).replace("_", "-")
+        given = f" (got {item['input']!r})" if item["loc"] else ""
+        problems.append(f"{flag if item['loc'] else 'settings'}: {item['msg']}{given}")
+    return "; ".join(problems)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Serve until Ctrl-C, printing the base URL first and the stats last."""
-    config, data = parse_args(argv)
-    sim = SimulatedMathModel(config, data)
+    """Serve until Ctrl-C, printing the base URL first and the stats last. A bad setting, data
+    file or port is one line on stderr (exit 2, or 1), never a traceback."""
+    try:
+        config, data = parse_args(argv)
+    except ValidationError as error:
+        print(f"error: {_settings_problem(error)}", file=sys.stderr)
+        return 2
+    try:
+        sim = SimulatedMathModel(config, data)
 
-    def announce(base_url: str) -> None:
-        print(f"simulated model {config.model_name!r} at {base_url}", flush=True)
+        def announce(base_url: str) -> None:
+            print(f"simulated model {config.model_name!r} at {base_url}", flush=True)
 
-    with contextlib.suppress(KeyboardInterrupt):
-        sim.serve_forever(ready=announce)
+        with contextlib.suppress(KeyboardInterrupt):
+            sim.serve_forever(ready=announce)
+    except MshepError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     print(sim.stats().model_dump_json(indent=2), flush=True)
     return 0
