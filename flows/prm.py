@@ -20,6 +20,7 @@ from prefect.context import FlowRunContext
 from prefect.exceptions import UnfinishedRun
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
+from prefect.states import Failed
 from pydantic import ValidationError
 
 from flows.artifacts import RunProgress, publish_report
@@ -140,23 +141,39 @@ def mshep_flow(
     execution: ExecutionConfig = DEFAULTS.execution,
 ) -> dict[str, Any]:
     """Math-Shepherd PRM dataset: golden answers, M candidates, N rollouts per step, labels."""
-    config = run_config(
-        {
-            "dataset": dataset,
-            "golden": golden,
-            "generator": generator,
-            "completer": completer,
-            "serving": serving,
-            "output": output,
-            "execution": execution,
-        }
-    )
+    sections = {
+        "dataset": dataset,
+        "golden": golden,
+        "generator": generator,
+        "completer": completer,
+        "serving": serving,
+        "output": output,
+        "execution": execution,
+    }
+    try:
+        return _run(run_config(sections))
+    except MshepError as error:
+        # The user's to fix (a setting, a column, an endpoint, a failed shard): the run ends
+        # Failed with the one-line message, and a caller gets the error itself; no traceback.
+        return _stopped(error)
+
+
+def _stopped(error: MshepError) -> Any:
+    """A Failed state carrying the error: Prefect raises it for the caller, logs no traceback."""
+    return Failed(message=str(error), data=error)
+
+
+def _run(config: RunConfig) -> dict[str, Any]:
     logger = get_run_logger()
     started = time.monotonic()
     _rename_run(config)
     logger.info("config:\n%s", public_config(config))
     runner = build_task_runner(config)  # refuses Ray without a Prefect API, before any work
-    checks = preflight_task(config)
+    checked = preflight_task(config, return_state=True)
+    if checked.is_failed():
+        error = checked.result(raise_on_failure=False)
+        raise error if isinstance(error, MshepError) else MshepError(checked.message or "")
+    checks: str = checked.result()
     logger.info("checks passed:\n%s", checks)
     ensure_limits([config.serving.for_stage(stage) for stage in ("golden", "generate", "complete")])
     with output_lock(Layout.of(config)):

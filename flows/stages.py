@@ -15,6 +15,7 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.states import Failed
 
 from flows.endpoints import endpoint_slots
 from flows.secrets import hub_token, serving_token
@@ -22,7 +23,8 @@ from mshep.backends import make_backend
 from mshep.checks import preflight
 from mshep.completion import golden_answers, label_solutions, label_targets
 from mshep.config import CompleterConfig, ModelStage, RunConfig, ServingConfig
-from mshep.failures import RequestTally, check_failed_share
+from mshep.errors import MshepError
+from mshep.failures import RequestTally, ShardFailed, check_failed_share
 from mshep.formats import format_rows
 from mshep.generation import generate_solutions
 from mshep.hub import push_dataset
@@ -36,8 +38,17 @@ TAGS = ["mshep"]
 
 @task(name="preflight", tags=TAGS)
 def preflight_task(config: RunConfig) -> str:
-    """Endpoints, dataset columns, output and tokens, before any model call."""
-    return preflight(config, hub_token)
+    """Endpoints, dataset columns, output and tokens, before any model call. A problem found
+    is the task's Failed state with its one-line message (no traceback: it is not a bug)."""
+    try:
+        return preflight(config, hub_token)
+    except MshepError as error:
+        return failed(error)
+
+
+def failed(error: MshepError) -> Any:
+    """A Failed state that carries `error`: Prefect raises it for whoever asks the result."""
+    return Failed(message=str(error), data=error)
 
 
 @task(name="load questions", tags=[*TAGS, Stage.LOAD.value])
@@ -71,7 +82,8 @@ def generate_task(
     token = serving_token(serving)  # read here, never a task input
     with endpoint_slots(serving) as held, make_backend(held, token) as client:
         result = generate_solutions(client, problems, stage, m, name.value)
-    _fail_on_lost_requests(result.tally, serving, name, problems_ref)
+    if lost := _lost_requests(result.tally, serving, name, problems_ref):
+        return failed(lost)
     keyed = [
         KeyedSolution(problem_id=p.id, solution=s) for p in problems for s in result.solutions[p.id]
     ]
@@ -90,16 +102,21 @@ def generate_task(
     )
 
 
-def _fail_on_lost_requests(
+def _lost_requests(
     tally: RequestTally, serving: ServingConfig, stage: Stage, ref: ShardRef
-) -> None:
+) -> ShardFailed | None:
     """A shard that lost requests to the infrastructure beyond the allowed share is not done:
-    the task fails with the causes (logged where users look), nothing is written or cached."""
+    its task fails with the causes (each first error logged at WARNING), writes nothing and is
+    not cached."""
     for cause, error in tally.first_error.items():
         get_run_logger().warning(
             "%s shard %d: %s (first: %s)", stage.value, ref.shard + 1, cause, error
         )
-    check_failed_share(tally, serving.max_failed_share, f"{stage.value} shard {ref.shard + 1}")
+    try:
+        check_failed_share(tally, serving.max_failed_share, f"{stage.value} shard {ref.shard + 1}")
+    except ShardFailed as lost:
+        return lost
+    return None
 
 
 def _retries(client: Any) -> int:
@@ -127,7 +144,8 @@ def complete_task(
     token = serving_token(serving)  # read here, never a task input
     with endpoint_slots(serving) as held, make_backend(held, token) as client:
         result = label_solutions(client, targets, completer)
-    _fail_on_lost_requests(result.tally, serving, Stage.COMPLETE, problems_ref)
+    if lost := _lost_requests(result.tally, serving, Stage.COMPLETE, problems_ref):
+        return failed(lost)
     # `failures` here are per problem: exactly one for each problem left without a label.
     return finish_shard(
         Stage.COMPLETE,
