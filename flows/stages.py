@@ -28,7 +28,8 @@ from mshep.failures import RequestTally, ShardFailed, check_failed_share
 from mshep.formats import format_rows
 from mshep.generation import generate_solutions
 from mshep.hub import push_dataset
-from mshep.io import load_problems, read_records, write_dataset
+from mshep.io import read_records, write_dataset
+from mshep.loading import load_problems
 from mshep.records import Failure, KeyedSolution, LabelledSolution, Problem, Stage
 from mshep.shards import Layout, ShardRef, finish_shard, finished, write_question_shards
 from mshep.summary import RunSummary, StageSummary, label_counts, quality_report

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from mshep.backends import make_backend
 from mshep.config import ModelStage, OutputConfig, RunConfig
-from mshep.errors import DatasetError, OutputError
-from mshep.io import LoadedDataset, load_problems, one_line, remove, write_text
+from mshep.errors import DatasetError, OutputError, one_line
+from mshep.io import remove, write_text
+from mshep.loading import LoadedDataset, load_problems
 from mshep.shards import Layout
 from mshep.summary import count_reasons
 

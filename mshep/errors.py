@@ -28,3 +28,9 @@ class MissingDependency(MshepError):
 
 class OutputError(MshepError):
     """The output path cannot be written."""
+
+
+def one_line(error: BaseException) -> str:
+    """An error as one line: its type and message (fsspec and botocore messages span lines)."""
+    message = " ".join(str(error).split())
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__

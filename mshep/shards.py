@@ -40,7 +40,7 @@ from mshep.records import Failure, Problem, Stage, Usage
 # need no digest; how replies are fetched (backends.http*) is serving, not computing.
 _SOLVE = ("records", "prompts", "parsing", "batches", "failures", "backends.base")
 STAGE_CODE: dict[Stage, tuple[str, ...]] = {
-    Stage.LOAD: ("records", "parsing", "references", "io"),
+    Stage.LOAD: ("records", "parsing", "references", "loading"),
     Stage.GOLDEN: (*_SOLVE, "generation"),
     Stage.GENERATE: (*_SOLVE, "generation"),
     Stage.COMPLETE: (*_SOLVE, "completion", "answers", "labelling"),

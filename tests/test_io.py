@@ -13,7 +13,8 @@ import pytest
 
 from mshep.config import DatasetConfig, OutputConfig
 from mshep.errors import DatasetError, OutputError
-from mshep.io import exists, load_problems, read_records, write_dataset, write_json, write_records
+from mshep.io import exists, read_records, write_dataset, write_json, write_records
+from mshep.loading import load_problems
 from mshep.records import Failure, Problem
 
 ROWS: list[dict[str, Any]] = [

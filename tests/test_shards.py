@@ -16,7 +16,7 @@ MSHEP = Path(__file__).resolve().parents[1] / "mshep"
 # values (config, and the format names it lists), errors are messages.
 NOT_CODE = {"config", "formats", "errors"}
 ENTRY = {
-    Stage.LOAD: "io",
+    Stage.LOAD: "loading",
     Stage.GOLDEN: "generation",
     Stage.GENERATE: "generation",
     Stage.COMPLETE: "completion",
