@@ -38,6 +38,9 @@ from mshep.testing.sim_solutions import (
     write_continuation,
 )
 
+# A reply a model may really give: text, but no steps to split and no answer to read.
+GARBLED_TEXT = "I'm sorry, I can't continue with that request."
+
 
 class SimulatorApp:
     """The state behind the HTTP server: references, rngs, slots, stats and recorded truth."""
@@ -122,7 +125,19 @@ class SimulatorApp:
             start, p_wrong = len(prompt.prefix), cfg.p_wrong_step_rollout
             draft = write_continuation(ref, start, prefix_wrong, p_wrong, cfg.p_recover, rng)
         text = render(draft, prompt.number_from, request.structured())
+        if self._garbled():
+            text = GARBLED_TEXT
         return finish(text, request.stops(), request.limit())
+
+    def _garbled(self) -> bool:
+        """Drawn per reply from the fault rng, apart from the text's own draws."""
+        if not self.config.p_garbled:
+            return False
+        with self._lock:
+            if self._fault_rng.random() < self.config.p_garbled:
+                self._stats.faults["garbled"] += 1
+                return True
+        return False
 
     def _remember(self, question: str, draft: Draft) -> None:
         if self.config.record_truth:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-FAULTS = ("500", "429", "timeout", "malformed")
+FAULTS = ("500", "429", "timeout", "malformed", "garbled")
 KINDS = ("generate", "complete", "unknown")
 
 
@@ -37,6 +37,12 @@ class SimulatorConfig(BaseModel):
     )
     p_malformed: float = Field(
         default=0.0, ge=0.0, le=1.0, description="Chance of an HTTP 200 with a truncated body."
+    )
+    p_garbled: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Chance of a reply (one choice) whose text has no readable answer.",
     )
     timeout_sleep_s: float = Field(default=30.0, ge=0.0, description="Stall of a timeout fault.")
     retry_after_s: int = Field(default=1, ge=0, description="Retry-After header of a 429.")
