@@ -434,3 +434,18 @@ def test_a_run_that_stops_in_its_checks_logs_no_traceback(
         f"{r.name}: {r.getMessage()}" for r in caplog.records if r.exc_info and r.exc_info[0]
     ]
     assert with_traceback == []
+
+
+def test_an_unreachable_prefect_api_is_named_before_the_run(
+    capsys: pytest.CaptureFixture[str], ports: dict[str, int], tmp_path: Path
+) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    api = f"http://127.0.0.1:{ports['closed']}/api"
+    argv = ["run", "--dataset", str(GSM8K), "--output", str(tmp_path / "out")]
+    with temporary_settings(updates={PREFECT_API_URL: api}):
+        code = cli.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: cannot reach the Prefect API at {api} (PREFECT_API_URL)")
+    assert not (tmp_path / "out").exists()
