@@ -3,9 +3,9 @@ run`, the UI), the CLI and a Python call all go through `mshep_flow`.
 
     preflight → load → (golden ‖ generate) per shard → complete per shard → write → card (→ Hub)
 
-Its parameters are the config's sections, so the UI shows each as a form. Prefect merges a run's
-parameters over a deployment's only at the top level; the flow merges them field by field
-(`run_config`), so overriding `completer.N` keeps every other setting of the deployment. The flow
+Its parameters are the config's sections, so the UI shows each as a form; a run's are merged over
+a deployment's field by field (`flows.parameters`), so overriding `completer.N` keeps every
+other setting of the deployment. The flow
 then picks its own task runner from `execution` (threads, or Ray) and runs the checks first.
 """
 
@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from flows.artifacts import RunProgress, publish_report
 from flows.endpoints import ensure_limits
 from flows.lock import output_lock
+from flows.parameters import DEFAULTS, SECTIONS, run_config
 from flows.placement import StageFutures, Submitter, build_task_runner
 from flows.stages import load_task, preflight_task, push_task, write_task
 from mshep.card import dataset_card, public_config
@@ -38,9 +39,8 @@ from mshep.config import (
     OutputConfig,
     RunConfig,
     ServingConfig,
-    explain,
 )
-from mshep.errors import ConfigError, MshepError
+from mshep.errors import MshepError
 from mshep.failures import RunIncomplete
 from mshep.io import write_json, write_text
 from mshep.records import Failure, Stage
@@ -48,58 +48,6 @@ from mshep.shards import Layout, ShardRef, stage_keys
 from mshep.summary import RunSummary, StageSummary, count_reasons, stage_summary
 
 __all__ = ["build_task_runner", "mshep_flow", "run_config", "run_flow", "stage_keys"]
-
-SECTIONS = tuple(RunConfig.model_fields)
-DEFAULTS = RunConfig()
-
-
-def _has_placeholder(value: Any) -> bool:
-    """A Prefect placeholder (`{"__prefect_kind": ...}`: a workspace variable, a template)."""
-    if isinstance(value, dict):
-        return "__prefect_kind" in value or any(_has_placeholder(v) for v in value.values())
-    return isinstance(value, list) and any(_has_placeholder(v) for v in value)
-
-
-def _merge(base: Any, override: Any) -> Any:
-    """`override` over `base`, field by field through nested mappings. Where the deployment's
-    value holds a Prefect placeholder, which the server resolved into the run's parameters but
-    not into the deployment's, the run's value is taken whole."""
-    if not isinstance(base, dict) or not isinstance(override, dict) or _has_placeholder(base):
-        return override
-    merged = dict(base)
-    for key, value in override.items():
-        merged[key] = _merge(base.get(key), value) if key in base else value
-    return merged
-
-
-def _deployment_parameters() -> dict[str, Any] | None:
-    """The parameters of the deployment this run was made from, or None for a direct call."""
-    context = FlowRunContext.get()
-    run = context.flow_run if context else None
-    if run is None or run.deployment_id is None:
-        return None
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        return dict(client.read_deployment(run.deployment_id).parameters or {})
-
-
-def run_config(sections: dict[str, Any]) -> RunConfig:
-    """The run's config from the flow's parameters. From a deployment, the run's own (raw)
-    parameters are merged over the deployment's field by field; otherwise the sections given."""
-    given = {name: value.model_dump(mode="json") for name, value in sections.items()}
-    deployed = _deployment_parameters()
-    context = FlowRunContext.get()
-    if deployed is not None and context is not None and context.flow_run is not None:
-        raw = context.flow_run.parameters or {}
-        given = {
-            name: _merge(deployed.get(name, {}), raw[name]) if name in raw else given[name]
-            for name in SECTIONS
-        }
-    try:
-        return RunConfig.model_validate(given)
-    except ValidationError as error:
-        raise ConfigError(explain(error)) from None
 
 
 def run_name(config: RunConfig) -> str:

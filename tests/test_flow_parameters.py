@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from flows.prm import DEFAULTS, SECTIONS, _merge, mshep_flow, run_config
+from flows.parameters import DEFAULTS, SECTIONS, _merge, run_config
+from flows.prm import mshep_flow
 from mshep.config import RunConfig
 from mshep.errors import ConfigError
 

@@ -34,8 +34,8 @@ from tenacity import (
 )
 
 from mshep.backends.base import BackendBase, GenerationRequest, GenerationResult
+from mshep.backends.http_check import check_chat, check_server
 from mshep.backends.http_replies import (
-    AUTH_STATUSES,
     CallFailure,
     CircuitBreaker,
     HttpStats,
@@ -45,7 +45,6 @@ from mshep.backends.http_replies import (
     failure_reason,
     merge_replies,
     read_reply,
-    refused,
     retryable,
 )
 from mshep.config import ServingConfig
@@ -53,7 +52,6 @@ from mshep.errors import BackendUnavailable, MissingToken
 
 BACKOFF_S = 0.5  # first retry wait; doubles per retry, plus up to as much jitter
 MAX_BACKOFF_S = 30.0
-CHECK_TIMEOUT_S = 5.0
 _T = TypeVar("_T")
 
 
@@ -166,20 +164,12 @@ class HttpBackend(BackendBase):
         if self.config.base_url is not None:
             check_server(self.config.base_url, token, self.config.token_env)
         if model is not None:
-            self._check_chat(model)
-
-    def _check_chat(self, model: str) -> None:
-        probe = HttpBackend(
-            self.config.model_copy(update={"max_retries": 0, "circuit_breaker": 0}),
-            backoff_s=self.backoff_s,
-            token=self._given,
-        )
-        ask = [{"role": "user", "content": "What is 1 + 1? Answer with the number."}]
-        (result,) = probe.generate([GenerationRequest(messages=ask, model=model, max_tokens=1)])
-        if result.error is not None:
-            raise BackendUnavailable(
-                f"a one-token test request for {model!r} to {self.where} failed: {result.error}"
+            probe = HttpBackend(
+                self.config.model_copy(update={"max_retries": 0, "circuit_breaker": 0}),
+                backoff_s=self.backoff_s,
+                token=self._given,
             )
+            check_chat(probe, model, self.where)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         if not requests:
@@ -299,18 +289,3 @@ class HttpBackend(BackendBase):
             )
         # Parsed inside the retried attempt, so a malformed 200 is retried like a 5xx.
         return read_reply(output, request.model)
-
-
-def check_server(base_url: str, token: str | None, token_env: str) -> None:
-    """GET {base_url}/models: BackendUnavailable if unreachable or if the token is refused."""
-    import httpx  # lazily: only the preflight needs a plain synchronous client
-
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    url = f"{base_url.rstrip('/')}/models"
-    try:
-        response = httpx.get(url, headers=headers, timeout=CHECK_TIMEOUT_S)
-    except httpx.HTTPError as exc:
-        raise BackendUnavailable(f"cannot reach {base_url}: {type(exc).__name__}: {exc}") from exc
-    if response.status_code in AUTH_STATUSES:
-        what = refused(bool(token), token_env)
-        raise BackendUnavailable(f"{base_url} {what}: HTTP {response.status_code} on GET {url}")
