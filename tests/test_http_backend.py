@@ -118,7 +118,7 @@ class ScriptedServer:
     def done(self, seen: Seen) -> None:
         with self.lock:
             self.in_flight -= 1
-            seen.finished = time.monotonic()
+            seen.finished = seen.finished or time.monotonic()
 
     def stop(self) -> None:
         self.stopping.set()
@@ -141,6 +141,7 @@ def _handler_for(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
             step = server.step_for(seen)
             try:
                 server.stopping.wait(step.delay_s)
+                seen.finished = time.monotonic()  # before the reply: the client may act at once
                 self._send(step, payload)
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client timed out and left
