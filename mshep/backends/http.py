@@ -41,8 +41,7 @@ from mshep.backends.http_replies import (
     HttpStats,
     Reply,
     RetryWait,
-    failure_cause,
-    failure_reason,
+    call_failure,
     merge_replies,
     read_reply,
     retryable,
@@ -251,11 +250,13 @@ class HttpBackend(BackendBase):
         except Exception as exc:  # one failed request must not sink the batch
             stats.failures += 1
             attempts = int(retrying.statistics.get("attempt_number", 1))
-            failure = CallFailure(
-                failure_cause(exc, self.where),
-                failure_reason(
-                    exc, attempts, bool(client.token), self.config.token_env, self.config.timeout_s
-                ),
+            failure = call_failure(
+                exc,
+                attempts,
+                self.where,
+                bool(client.token),
+                self.config.token_env,
+                self.config.timeout_s,
             )
             self.breaker.record(failure)
             return failure

@@ -188,20 +188,6 @@ def merge_replies(
     )
 
 
-def failure_cause(exc: BaseException, where: str) -> str:
-    """The kind of failure and the endpoint, without the details that differ per request."""
-    status = _status(exc) if isinstance(exc, HfHubHTTPError) else None
-    if status is not None:
-        return f"HTTP {status} from {where}"
-    if isinstance(exc, InferenceTimeoutError | TimeoutError):
-        return f"timeouts at {where}"
-    if isinstance(exc, MalformedReply | json.JSONDecodeError | UnicodeDecodeError):
-        return f"malformed replies from {where}"
-    if isinstance(exc, TRANSPORT_ERRORS):
-        return f"connection error to {where} ({type(exc).__name__})"
-    return f"{type(exc).__name__} at {where}"
-
-
 class CircuitBreaker:
     """Opens after `threshold` requests in a row failed once their retries were spent (with
     no success between): an endpoint that stopped answering. The requests still waiting then
@@ -235,25 +221,37 @@ class CircuitBreaker:
         )
 
 
-def failure_reason(
-    exc: BaseException, attempts: int, token_sent: bool, token_env: str, timeout_s: float
-) -> str:
-    """Why a call failed once its retries were spent, as one line naming what to fix."""
+def call_failure(
+    exc: BaseException,
+    attempts: int,
+    where: str,
+    token_sent: bool,
+    token_env: str,
+    timeout_s: float,
+) -> CallFailure:
+    """Why a call failed once its retries were spent: the cause to count by (kind and
+    endpoint) and one line naming what to fix (attempts, the server's words)."""
     tries = f"after {attempts} attempt{'s' if attempts != 1 else ''}"
     status = _status(exc) if isinstance(exc, HfHubHTTPError) else None
     if status in AUTH_STATUSES:
-        return f"HTTP {status}: the server {refused(token_sent, token_env)} ({tries})"
+        error = f"HTTP {status}: the server {refused(token_sent, token_env)} ({tries})"
+        return CallFailure(f"HTTP {status} from {where}", error)
     if status is not None:
-        return f"HTTP {status} {tries}: {_short(exc)}"
+        return CallFailure(f"HTTP {status} from {where}", f"HTTP {status} {tries}: {_short(exc)}")
     if isinstance(exc, InferenceTimeoutError | TimeoutError):
-        return f"timed out (timeout_s={timeout_s}) {tries}"
+        return CallFailure(f"timeouts at {where}", f"timed out (timeout_s={timeout_s}) {tries}")
     if isinstance(exc, OfflineModeIsEnabled):
-        return f"HF_HUB_OFFLINE is set, so huggingface_hub makes no HTTP call: {_short(exc)}"
+        error = f"HF_HUB_OFFLINE is set, so huggingface_hub makes no HTTP call: {_short(exc)}"
+        return CallFailure(f"{type(exc).__name__} at {where}", error)
     if isinstance(exc, MalformedReply | json.JSONDecodeError | UnicodeDecodeError):
-        return f"malformed reply {tries}: {_short(exc)}"
+        return CallFailure(
+            f"malformed replies from {where}", f"malformed reply {tries}: {_short(exc)}"
+        )
+    name = type(exc).__name__
     if isinstance(exc, TRANSPORT_ERRORS):
-        return f"connection error {tries}: {type(exc).__name__}: {_short(exc)}"
-    return f"{type(exc).__name__} {tries}: {_short(exc)}"
+        error = f"connection error {tries}: {name}: {_short(exc)}"
+        return CallFailure(f"connection error to {where} ({name})", error)
+    return CallFailure(f"{name} at {where}", f"{name} {tries}: {_short(exc)}")
 
 
 def refused(token_sent: bool, token_env: str) -> str:
