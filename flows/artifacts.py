@@ -121,7 +121,10 @@ class RunProgress:
     def describe(self) -> str:
         """'shards finished: generate 3/6, complete 1/6', as the artifact says."""
         with self._lock:
-            counts = ", ".join(f"{s} {self._done[s]}/{n}" for s, n in self._totals.items())
+            return self._description()
+
+    def _description(self) -> str:  # under the lock
+        counts = ", ".join(f"{s} {self._done[s]}/{n}" for s, n in self._totals.items())
         return f"shards finished: {counts or '-'}"
 
     def finish(self) -> None:
@@ -139,8 +142,7 @@ class RunProgress:
                 done = sum(min(n, self._totals[s]) for s, n in self._done.items())
                 if percent is None:
                     percent = round(100.0 * done / total, 2) if total else 0.0
-                counts = ", ".join(f"{s} {self._done[s]}/{n}" for s, n in self._totals.items())
-                update = {"progress": percent, "description": f"shards finished: {counts or '-'}"}
+                update = {"progress": percent, "description": self._description()}
                 try:
                     if self._id is None:
                         result = self._id = _call("create_progress_artifact", "progress", **update)

@@ -20,7 +20,7 @@ from flows.stages import complete_task, generate_task
 from mshep.config import RunConfig
 from mshep.errors import ConfigError
 from mshep.records import Stage
-from mshep.shards import Layout, ShardRef, is_done, shard_path
+from mshep.shards import Layout, ShardPaths, ShardRef, is_done
 
 StageFutures = dict[Stage, list[PrefectFuture[ShardRef]]]
 
@@ -71,12 +71,13 @@ class Submitter:
         self.config = config
         self.runner = runner
         self.storage = result_storage(config)
+        self.paths = ShardPaths(config)
         self.reused: dict[Stage, int] = dict.fromkeys(Stage, 0)  # shards done before this run
 
     def _submit(
         self, task: Task[..., ShardRef], which: Stage, ref: ShardRef, total: int, /, **kwargs: Any
     ) -> PrefectFuture[ShardRef]:
-        out = shard_path(self.config, which, ref.shard, ref.digest)
+        out = self.paths(which, ref.shard, ref.digest)
         reuse = self.config.execution.cache
         done = reuse and is_done(out)
         self.reused[which] += done

@@ -20,7 +20,6 @@ from prefect.context import FlowRunContext
 from prefect.exceptions import UnfinishedRun
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
-from prefect.states import Failed
 from pydantic import ValidationError
 
 from flows.artifacts import RunProgress, publish_report
@@ -28,7 +27,7 @@ from flows.endpoints import ensure_limits
 from flows.lock import output_lock
 from flows.parameters import DEFAULTS, SECTIONS, run_config
 from flows.placement import StageFutures, Submitter, build_task_runner
-from flows.stages import load_task, preflight_task, push_task, write_task
+from flows.stages import failed, load_task, preflight_task, push_task, write_task
 from mshep.card import dataset_card, public_config
 from mshep.config import (
     CompleterConfig,
@@ -103,12 +102,7 @@ def mshep_flow(
     except MshepError as error:
         # The user's to fix (a setting, a column, an endpoint, a failed shard): the run ends
         # Failed with the one-line message, and a caller gets the error itself; no traceback.
-        return _stopped(error)
-
-
-def _stopped(error: MshepError) -> Any:
-    """A Failed state carrying the error: Prefect raises it for the caller, logs no traceback."""
-    return Failed(message=str(error), data=error)
+        return failed(error)
 
 
 def _run(config: RunConfig) -> dict[str, Any]:

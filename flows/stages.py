@@ -24,7 +24,7 @@ from mshep.checks import preflight
 from mshep.completion import golden_answers, label_solutions, label_targets
 from mshep.config import CompleterConfig, ModelStage, RunConfig, ServingConfig
 from mshep.errors import MshepError
-from mshep.failures import RequestTally, ShardFailed, check_failed_share
+from mshep.failures import RequestTally, ShardFailed, failed_share
 from mshep.formats import format_rows
 from mshep.generation import generate_solutions
 from mshep.hub import push_dataset
@@ -113,11 +113,7 @@ def _lost_requests(
         get_run_logger().warning(
             "%s shard %d: %s (first: %s)", stage.value, ref.shard + 1, cause, error
         )
-    try:
-        check_failed_share(tally, serving.max_failed_share, f"{stage.value} shard {ref.shard + 1}")
-    except ShardFailed as lost:
-        return lost
-    return None
+    return failed_share(tally, serving.max_failed_share, f"{stage.value} shard {ref.shard + 1}")
 
 
 def _retries(client: Any) -> int:

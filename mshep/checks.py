@@ -12,7 +12,7 @@ from mshep.backends import make_backend
 from mshep.config import ModelStage, OutputConfig, RunConfig
 from mshep.errors import DatasetError, OutputError, one_line
 from mshep.io import remove, write_text
-from mshep.loading import LoadedDataset, load_problems
+from mshep.loading import load_problems
 from mshep.shards import Layout
 from mshep.summary import count_reasons
 
@@ -47,13 +47,9 @@ def check_backends(config: RunConfig) -> list[str]:
 SHOWN_REJECTIONS = 5  # rows listed by `check`; the counts by reason cover the rest
 
 
-def read_dataset(config: RunConfig) -> LoadedDataset:
-    return load_problems(config.dataset, need_reference=config.golden.source == "reference")
-
-
-def check_dataset(config: RunConfig, loaded: LoadedDataset | None = None) -> str:
+def check_dataset(config: RunConfig) -> str:
     """The dataset line, with a few unusable rows listed; DatasetError if no row is usable."""
-    loaded = loaded or read_dataset(config)
+    loaded = load_problems(config.dataset, need_reference=config.golden.source == "reference")
     rejected = count_reasons(loaded.rejected)
     why = "; ".join(f"{n} × {reason}" for reason, n in rejected.items())
     if not loaded.problems:
@@ -119,13 +115,10 @@ def check_output(config: RunConfig, hub_token: TokenReader) -> str:
     return line
 
 
-def preflight(
-    config: RunConfig, hub_token: TokenReader, loaded: LoadedDataset | None = None
-) -> str:
-    """A short report of what will run; raises a `MshepError` naming the first problem found.
-    `loaded`: the dataset, when the caller has read it already."""
+def preflight(config: RunConfig, hub_token: TokenReader) -> str:
+    """A short report of what will run; raises a `MshepError` naming the first problem found."""
     lines = check_backends(config)
-    lines.append(check_dataset(config, loaded))
+    lines.append(check_dataset(config))
     lines.append(check_output(config, hub_token))
     lines.append(
         f"M={config.generator.M}, N={config.completer.N}, strategy={config.completer.strategy}, "

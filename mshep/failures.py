@@ -52,11 +52,12 @@ class RequestTally:
         )
 
 
-def check_failed_share(tally: RequestTally, max_share: float, what: str) -> None:
-    """Raise `ShardFailed` when more than `max_share` of the shard's requests failed."""
-    if tally.failed and tally.failed > max_share * tally.requests:
-        cause = tally.causes.most_common(1)[0][0]
-        raise ShardFailed(
-            f"{what}: {tally.describe()} (serving.max_failed_share={max_share}); "
-            f"first error: {tally.first_error[cause]}"
-        )
+def failed_share(tally: RequestTally, max_share: float, what: str) -> ShardFailed | None:
+    """`ShardFailed` when more than `max_share` of the shard's requests failed, else None."""
+    if not tally.failed or tally.failed <= max_share * tally.requests:
+        return None
+    cause = tally.causes.most_common(1)[0][0]
+    return ShardFailed(
+        f"{what}: {tally.describe()} (serving.max_failed_share={max_share}); "
+        f"first error: {tally.first_error[cause]}"
+    )

@@ -145,10 +145,16 @@ class Layout:
         return f"{self.work}/{stage.value}-{key}/shard-{shard:05d}-{questions_digest[:12]}.jsonl"
 
 
-def shard_path(config: RunConfig, stage: Stage, shard: int, questions_digest: str) -> str:
-    """Where a stage writes a shard: keyed by the stage's settings and code and the shard's
-    questions, so runs with other settings or code never overwrite what this one resumes from."""
-    return Layout.of(config).shard(stage, stage_keys(config)[stage], shard, questions_digest)
+class ShardPaths:
+    """Where a run's stages write their shards: keyed by the stage's settings and code and the
+    shard's questions, so runs with other settings or code never overwrite what this one resumes
+    from. The keys are computed once per run, not once per shard."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.layout, self.keys = Layout.of(config), stage_keys(config)
+
+    def __call__(self, stage: Stage, shard: int, questions_digest: str) -> str:
+        return self.layout.shard(stage, self.keys[stage], shard, questions_digest)
 
 
 def ref_path(path: str) -> str:
@@ -186,11 +192,11 @@ def write_question_shards(config: RunConfig, problems: list[Problem]) -> list[Sh
     content: an unchanged shard keeps its path and digest, so the stages after it resume."""
     from mshep.io import digest, records_text
 
-    size = config.execution.shard_size
+    size, paths = config.execution.shard_size, ShardPaths(config)
     refs = []
     for shard, start in enumerate(range(0, len(problems), size)):
         text = records_text(problems[start : start + size])
-        path = shard_path(config, Stage.LOAD, shard, digest(text))
+        path = paths(Stage.LOAD, shard, digest(text))
         count = min(size, len(problems) - start)
         refs.append(finish_shard(Stage.LOAD, shard, path, text, problems=count))
     return refs
