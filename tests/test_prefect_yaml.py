@@ -7,70 +7,22 @@ fields are honoured and the deployment's other settings kept; the run's artifact
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.prefect_stack import deploy_all, prefect, prefect_server, worker
+
 pytestmark = pytest.mark.slow
-
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-
-
-def prefect(
-    *args: str, env: dict[str, str], timeout: float = 300
-) -> subprocess.CompletedProcess[str]:
-    command = [str(BIN / "prefect"), *args]
-    return subprocess.run(
-        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
-    )
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """`prefect server start` on 127.0.0.1 with its own home (SQLite); yields the environment
-    of a client, a worker and `prefect deploy`."""
-    home = tmp_path_factory.mktemp("prefect-home")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env |= {
-        "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_LOGGING_LEVEL": "INFO",
-        "MSHEP_HOME": str(REPO),
-    }
-    log = (home / "server.log").open("wb")
-    process = subprocess.Popen(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
-    import httpx
-
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{env['PREFECT_API_URL']}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    else:
-        raise AssertionError((home / "server.log").read_text()[-3000:])
-    try:
+    with prefect_server(tmp_path_factory.mktemp("prefect-home")) as env:
         yield env
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
 
 
 def read_artifacts(env: dict[str, str], flow_run_id: str) -> dict[str, Any]:
@@ -93,23 +45,12 @@ def test_deploy_all_then_a_worker_runs_the_demo_with_nested_overrides(
     server: dict[str, str], tmp_path: Path
 ) -> None:
     env = server
-    for pool in ("mshep-cpu", "mshep-ray", "mshep-gpu"):
-        created = prefect("work-pool", "create", pool, "--type", "process", env=env)
-        assert created.returncode == 0, created.stdout + created.stderr
-    deployed = prefect(
-        "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml", env=env
-    )
-    assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
+    deployed = deploy_all(env)
     for name in ("mshep-demo/demo", "mshep/gsm8k", "mshep/gsm8k-ray", "mshep/gsm8k-vllm"):
-        assert f"Deployment '{name}' successfully created" in " ".join(deployed.stdout.split())
+        assert f"Deployment '{name}' successfully created" in " ".join(deployed.split())
 
-    worker_log = (tmp_path / "worker.log").open("wb")
-    worker = subprocess.Popen(
-        [str(BIN / "prefect"), "worker", "start", "--pool", "mshep-cpu"],
-        cwd=tmp_path, env=env, stdout=worker_log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
     output = tmp_path / "out"
-    try:
+    with worker(env, tmp_path) as worker_log:
         run = prefect(
             "deployment", "run", "mshep-demo/demo",
             "--param", 'completer={"N": 2}',
@@ -117,10 +58,7 @@ def test_deploy_all_then_a_worker_runs_the_demo_with_nested_overrides(
             "--param", f'output={{"path": "{output}"}}',
             "--watch", env=env, timeout=400,
         )  # fmt: skip
-    finally:
-        worker.terminate()
-        worker.wait(timeout=60)
-    assert run.returncode == 0, run.stdout[-3000:] + (tmp_path / "worker.log").read_text()[-3000:]
+    assert run.returncode == 0, run.stdout[-3000:] + worker_log.read_text()[-3000:]
     assert "Completed" in run.stdout
 
     rows = [json.loads(line) for line in (output / "raw" / "data.jsonl").read_text().splitlines()]

@@ -16,9 +16,6 @@ import json
 import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -28,11 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tests.prefect_stack import deploy_all, prefect_server, worker
+
 if TYPE_CHECKING:
     from playwright.sync_api import BrowserContext, Locator, Page
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 CHROMIUM = os.environ.get("MSHEP_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -51,15 +48,6 @@ pytestmark = [
         reason=f"no chromium at {CHROMIUM} (apt-get install -y chromium)",
     ),
 ]
-
-
-def prefect(
-    *args: str, env: dict[str, str], timeout: float = 300
-) -> subprocess.CompletedProcess[str]:
-    command = [str(BIN / "prefect"), *args]
-    return subprocess.run(
-        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
-    )
 
 
 @dataclass
@@ -94,60 +82,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     import httpx
 
     home = tmp_path_factory.mktemp("prefect-home")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    base = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env |= {
-        "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_LOGGING_LEVEL": "INFO",
-        "PREFECT_UI_API_URL": f"{base}/api",  # what the browser calls (GET /ui-settings)
-        "MSHEP_HOME": str(REPO),
-    }
-    log = (home / "server.log").open("wb")
-    server = subprocess.Popen(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    env["PREFECT_API_URL"] = f"{base}/api"
-    worker: subprocess.Popen[bytes] | None = None
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/api/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            raise AssertionError((home / "server.log").read_text()[-3000:])
-        for pool in ("mshep-cpu", "mshep-ray", "mshep-gpu"):
-            created = prefect("work-pool", "create", pool, "--type", "process", env=env)
-            assert created.returncode == 0, created.stdout + created.stderr
-        deployed = prefect(
-            "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml",
-            env=env,
-        )  # fmt: skip
-        assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
+    with prefect_server(home, ui=True) as env:
+        base = env["PREFECT_API_URL"].removesuffix("/api")
+        deploy_all(env)
         deployments = {
             name: httpx.get(f"{base}/api/deployments/name/{name}", timeout=10).json()
             for name in ("mshep-demo/demo", "mshep/gsm8k")
         }
-        workdir = tmp_path_factory.mktemp("worker")
-        worker_log = workdir / "worker.log"
-        worker = subprocess.Popen(
-            [str(BIN / "prefect"), "worker", "start", "--pool", "mshep-cpu"],
-            cwd=workdir, env=env, stdout=worker_log.open("wb"), stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        yield Stack(env, base, f"{base}/api", deployments, worker_log)
-    finally:
-        for process in (worker, server):
-            if process is not None:
-                process.terminate()
-                process.wait(timeout=60)
+        with worker(env, tmp_path_factory.mktemp("worker")) as worker_log:
+            yield Stack(env, base, f"{base}/api", deployments, worker_log)
 
 
 @pytest.fixture
