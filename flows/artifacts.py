@@ -24,7 +24,7 @@ import prefect.artifacts
 from prefect import get_run_logger
 from prefect.context import FlowRunContext, TaskRunContext
 
-from mshep.card import _URL_CREDENTIALS
+from mshep.card import URL_CREDENTIALS, redact
 from mshep.config import RunConfig
 from mshep.summary import RunSummary
 
@@ -76,14 +76,10 @@ def _call(name: str, what: str, **kwargs: Any) -> Any:
         return None
 
 
-def _redact(text: str) -> str:
-    return _URL_CREDENTIALS.sub("***@", text)
-
-
 def _slug(text: str, parts: int = 2) -> str:
     """The last `parts` components of a name, path or URI (credentials and a data file's
     extension dropped) in key characters: `openai/gsm8k` → `openai-gsm8k`."""
-    path = _URL_CREDENTIALS.sub("", text).split("://", 1)[-1]
+    path = URL_CREDENTIALS.sub("", text).split("://", 1)[-1]
     tail = "/".join(path.rstrip("/").split("/")[-parts:])
     tail = re.sub(r"\.(jsonl|json|parquet|csv|txt)$", "", tail.lower())
     return re.sub(r"[^a-z0-9]+", "-", tail).strip("-")[:40].strip("-") or "x"
@@ -181,7 +177,7 @@ def label_table(summary: RunSummary) -> list[dict[str, Any]]:
 
 def unlabelled_table(summary: RunSummary) -> list[dict[str, Any]]:
     """Rows `{"reason", "rows"}`: input rows with no labelled solution, or one "none" row."""
-    rows = [{"reason": _redact(why), "rows": n} for why, n in summary.rows_not_labelled.items()]
+    rows = [{"reason": redact(why), "rows": n} for why, n in summary.rows_not_labelled.items()]
     return rows or [{"reason": "none", "rows": 0}]
 
 
@@ -249,7 +245,7 @@ def report_markdown(config: RunConfig, summary: RunSummary, card_path: str | Non
         f"`{card_path}`" if card_path else "No dataset card was written.",
         *(["", f"On the Hub: [{hub_url}]({hub_url})"] if hub_url else []),
     ]
-    return _redact("\n".join(parts) + "\n")
+    return redact("\n".join(parts) + "\n")
 
 
 def publish_report(config: RunConfig, summary: RunSummary, card_path: str | None) -> None:
@@ -257,7 +253,7 @@ def publish_report(config: RunConfig, summary: RunSummary, card_path: str | None
     markdown `report`, and a link `hub` when the summary carries a `hub_url`. Never raises; stops
     at the first call that cannot reach the API."""
     try:
-        where = _redact(f"{config.dataset.source} → {config.output.path}")
+        where = redact(f"{config.dataset.source} → {config.output.path}")
         hub_url = getattr(summary, "hub_url", None)
         markdown = {"markdown": report_markdown(config, summary, card_path)}
         calls: list[tuple[str, str, dict[str, Any]]] = [
@@ -266,7 +262,7 @@ def publish_report(config: RunConfig, summary: RunSummary, card_path: str | None
             ("create_markdown_artifact", "report", markdown),
         ]
         if isinstance(hub_url, str) and hub_url:
-            link = {"link": _redact(hub_url), "link_text": "the dataset on the Hub"}
+            link = {"link": redact(hub_url), "link_text": "the dataset on the Hub"}
             calls.append(("create_link_artifact", "hub", link))
         for name, kind, content in calls:
             key = artifact_key(config, kind)

@@ -33,7 +33,13 @@ WITNESS_NOTE = (
     "on: a candidate whose own final answer is right has all steps good without rollouts "
     "(label source `witness`, no soft label)"
 )
-_URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
+URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def redact(text: str) -> str:
+    """Any `user:password@` in a URL cut out: a base URL may carry credentials even though
+    tokens belong in the environment."""
+    return URL_CREDENTIALS.sub("***@", text)
 
 
 def repo_paths(summary: RunSummary) -> dict[str, list[str]]:
@@ -233,4 +239,4 @@ def public_config(config: RunConfig) -> str:
     """The config as YAML, with any `user:password@` cut out of URLs: a base URL may carry
     credentials even though tokens belong in the environment."""
     text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
-    return _URL_CREDENTIALS.sub("***@", text).rstrip()
+    return redact(text).rstrip()

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mshep.backends import make_backend
+from mshep.card import redact
 from mshep.config import ModelStage, OutputConfig, RunConfig
 from mshep.errors import DatasetError, OutputError, one_line
 from mshep.io import remove, write_text
@@ -31,7 +32,7 @@ def check_backends(config: RunConfig) -> list[str]:
     lines = []
     for name, stage in used_stages(config).items():
         serving = config.serving.for_stage(name)
-        where = serving.base_url or "Hugging Face Inference"
+        where = redact(serving.base_url or "Hugging Face Inference")
         lines.append(f"{name}: {stage.model} via {serving.kind} ({where})")
         key = serving.model_dump_json()
         if key in seen:

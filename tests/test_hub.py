@@ -337,3 +337,15 @@ def test_the_api_token_from_a_prefect_secret_block(prefect_harness: None) -> Non
     assert serving_token(ServingConfig()) is None  # the backend reads serving.token_env
     with pytest.raises(MissingToken, match=r"serving\.token_block"):
         serving_token(ServingConfig(token_block="no-such-api-token"))
+
+
+def test_the_check_report_cuts_credentials_out_of_urls(gsm8k_test: Path) -> None:
+    """The checks' lines are logged and kept in summary.json: no `user:password@` in them."""
+    from mshep.checks import check_backends
+    from mshep.testing.simulator import SimulatedMathModel, SimulatorConfig
+
+    with SimulatedMathModel(SimulatorConfig(), gsm8k_test) as sim:
+        url = sim.base_url.replace("http://", "http://me:pw-secret@")
+        config = RunConfig.model_validate({"serving": {"base_url": url}})
+        lines = check_backends(config)
+    assert lines and all("pw-secret" not in line and "***@" in line for line in lines)
