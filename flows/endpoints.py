@@ -31,7 +31,7 @@ def ensure_limits(servings: list[ServingConfig]) -> None:
     """Create (or resize) the global concurrency limit of each endpoint that sets one."""
     from prefect.client.orchestration import get_client
 
-    wanted = {limit_name(s): s.endpoint_limit for s in servings if s.endpoint_limit}
+    wanted = {limit_name(s): s.endpoint_limit for s in servings if _bounded(s)}
     if not wanted:
         return
     from prefect.exceptions import ObjectAlreadyExists
@@ -44,11 +44,16 @@ def ensure_limits(servings: list[ServingConfig]) -> None:
                 client.upsert_global_concurrency_limit_by_name(name, int(limit or 1))
 
 
+def _bounded(serving: ServingConfig) -> bool:
+    """HTTP endpoints only: a vLLM engine takes a task's whole batch and schedules it itself."""
+    return serving.kind == "http" and bool(serving.endpoint_limit)
+
+
 @contextlib.contextmanager
 def endpoint_slots(serving: ServingConfig) -> Iterator[ServingConfig]:
     """Hold this task's share of the endpoint's limit; yields the serving config to use (its
     concurrency cut to the slots held)."""
-    if not serving.endpoint_limit:
+    if not _bounded(serving) or serving.endpoint_limit is None:
         yield serving
         return
     from prefect.concurrency.sync import concurrency

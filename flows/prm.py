@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from flows.artifacts import RunProgress, publish_report
 from flows.endpoints import ensure_limits
+from flows.engines import run_engines
 from flows.lock import output_lock
 from flows.parameters import DEFAULTS, SECTIONS, run_config
 from flows.placement import StageFutures, Submitter, build_task_runner
@@ -129,7 +130,7 @@ def _label(config: RunConfig, runner: Any, checks: str, started: float) -> dict[
     for failure in rejected:
         logger.warning("row not used: %s (%s)", failure.reason, failure.detail)
     logger.info("%d rows in, %d usable, %d shards", rows_in, rows_in - len(rejected), len(shards))
-    with runner:
+    with runner, run_engines(config) as engines:  # engines: inside the runner's Ray
         submitter = Submitter(config, runner)
         futures = submitter.submit(shards)
         progress = RunProgress(
@@ -137,11 +138,13 @@ def _label(config: RunConfig, runner: Any, checks: str, started: float) -> dict[
         )
         refs = settle(futures, progress)  # every shard task ends; then a failed one fails the run
         progress.finish()
+        engine_stats = engines.infos()
     stages = _stages(refs, submitter.reused)
     written = write_task(config, refs[Stage.COMPLETE], stages)
     summary = _summarise(rows_in, rejected, refs, stages, written)
     summary.wall_time_s = round(time.monotonic() - started, 3)
     summary.checks = checks.splitlines()
+    summary.engines = engine_stats
     return _finish(config, summary)
 
 

@@ -34,6 +34,12 @@ def check_backends(config: RunConfig) -> list[str]:
         serving = config.serving.for_stage(name)
         where = redact(serving.base_url or "Hugging Face Inference")
         lines.append(f"{name}: {stage.model} via {serving.kind} ({where})")
+        if serving.kind == "vllm":
+            from mshep.backends.vllm import check_engine
+
+            check_engine(serving, stage.model, f"{name}.model")
+            lines[-1] = f"{name}: {stage.model} via vllm engines in Ray actors"
+            continue
         key = serving.model_dump_json()
         if key in seen:
             continue

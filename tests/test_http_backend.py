@@ -24,11 +24,11 @@ from typing import Any
 
 import pytest
 
-from mshep.backends import VLLM_NOT_YET, make_backend
+from mshep.backends import make_backend
 from mshep.backends.base import GenerationRequest
 from mshep.backends.http import HttpBackend
 from mshep.config import ServingConfig
-from mshep.errors import BackendUnavailable, MissingDependency, MissingToken
+from mshep.errors import BackendUnavailable, MissingToken
 from mshep.prompts import response_format
 
 TOKEN_ENV = "MSHEP_TEST_TOKEN"
@@ -451,9 +451,7 @@ def test_generate_works_inside_a_running_event_loop(serve: Callable[..., Scripte
 def test_make_backend() -> None:
     backend = make_backend(ServingConfig(base_url="http://127.0.0.1:1/v1"))
     assert isinstance(backend, HttpBackend) and backend.name == "http"
-    with pytest.raises(MissingDependency, match="vllm serve"):
-        make_backend(ServingConfig(kind="vllm"))
-    assert "serving.kind 'vllm'" in VLLM_NOT_YET
+    assert make_backend(ServingConfig(kind="vllm")).name == "vllm"  # ray only when it sends
 
 
 def test_importing_backends_loads_no_huggingface_hub() -> None:

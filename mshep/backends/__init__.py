@@ -1,7 +1,9 @@
 """Pure. Backends: the protocol (`base`), a scripted fake (`fake`) and `make_backend`.
 
 Real backends are imported only when made, so `import mshep.backends` loads no network or GPU
-library (huggingface_hub, vllm): the core stays importable without them.
+library (huggingface_hub, ray, vllm): the core stays importable without them. The vllm backend
+talks to engines in Ray actors (`mshep.backends.vllm`); vllm itself lives in the engine
+environment only (`mshep.backends.vllm_engine`).
 """
 
 from __future__ import annotations
@@ -16,11 +18,6 @@ if TYPE_CHECKING:
 
 __all__ = ["make_backend"]
 
-VLLM_NOT_YET = (
-    "serving.kind 'vllm' (a vLLM engine in a Ray actor) is not in this version of mshep yet: "
-    "serve the model with `vllm serve` and use serving.kind 'http' with serving.base_url"
-)
-
 
 def make_backend(serving: ServingConfig, token: str | None = None) -> Backend:
     """The backend a serving config names; not entered yet (use it as a context manager).
@@ -34,4 +31,6 @@ def make_backend(serving: ServingConfig, token: str | None = None) -> Backend:
                 f"the http backend needs `pip install mshep[flow]` ({error.name} is missing)"
             ) from error
         return HttpBackend(serving, token=token)
-    raise MissingDependency(VLLM_NOT_YET)
+    from mshep.backends.vllm import VllmBackend  # ray is imported when a batch is sent
+
+    return VllmBackend(serving)
