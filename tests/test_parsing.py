@@ -517,3 +517,11 @@ def test_b8_relative_row_spacing_is_not_a_display_opener() -> None:
     block = "\\begin{align}\nx &= 1 \\\\[4pt]\ny &= 2\n\\end{align}"
     result = parsed(f"We solve\n{block}\nSo x + y = 3.\nThe answer is: 3")
     assert result.steps == ["We solve", block, "So x + y = 3. The answer is: 3"]
+
+
+def test_json_with_raw_newlines_in_strings_is_read() -> None:
+    # xgrammar (vLLM's structured output) lets raw control characters into JSON strings.
+    text = '{"steps": ["Half of 2 is\n1", "2 + 1 = 3"], "answer": "3"}'
+    parsed = parse_json_solution(text)
+    assert isinstance(parsed, ParsedSolution)
+    assert parsed.steps == ["Half of 2 is\n1", "2 + 1 = 3"] and parsed.answer == "3"

@@ -142,7 +142,7 @@ def test_an_engine_failure_fails_every_request_of_the_batch(
 
 def test_a_missing_model_or_one_that_does_not_fit_raises(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(FAKE))
-    with pytest.raises(OSError, match="config.json"):
+    with pytest.raises(OSError, match=r"config\.json"):
         VllmEngine({"model": "/models/missing"})
     with pytest.raises(ValueError, match="KV cache"):
         VllmEngine({"model": "huge"})

@@ -201,5 +201,5 @@ def test_engine_problems_are_one_line_naming_the_setting(
 
 
 def test_stage_tasks_cannot_hold_gpus_the_engines_need() -> None:
-    with pytest.raises(ValueError, match="execution.completer_gpus is 1 but serving.kind"):
+    with pytest.raises(ValueError, match=r"execution\.completer_gpus is 1 but serving\.kind"):
         RunConfig.model_validate({"serving": {"kind": "vllm"}, "execution": {"completer_gpus": 1}})

@@ -74,7 +74,7 @@ class EngineSpec:
         digest = hashlib.sha256(
             json.dumps([self.settings, self.gpus, self.python], default=str).encode()
         ).hexdigest()[:8]
-        slug = re.sub(r"[^a-z0-9]+", "-", self.model.lower()).strip("-")[-40:]
+        slug = re.sub(r"[^a-z0-9]+", "-", self.model.lower())[-40:].strip("-")
         return f"mshep-engine-{slug}-{digest}"
 
     @property

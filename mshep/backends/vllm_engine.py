@@ -35,6 +35,7 @@ SETTINGS = (
     "max_model_len",
     "enable_prefix_caching",
     "dtype",
+    "enforce_eager",
 )
 
 
