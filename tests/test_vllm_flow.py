@@ -119,6 +119,24 @@ def test_each_engine_loads_once_serves_every_shard_and_is_freed(
     assert raw_rows(tmp_path / "b") == raw_rows(tmp_path / "a")
 
 
+def test_stage_tasks_on_ray_workers_use_the_flows_engines(
+    ray_cluster: Path, tmp_path: Path
+) -> None:
+    """With the Ray task runner the stage tasks run in Ray workers, not in the flow's process:
+    they find the engines the flow started by name, and nothing loads twice."""
+    from flows.prm import run_flow
+
+    config = config_for(tmp_path / "a")
+    config.execution.task_runner = "ray"
+    before = len(loaded(ray_cluster))
+    summary = run_flow(config)
+    assert len(loaded(ray_cluster)) - before == 3
+    assert all(e["loads"] == 1 for e in summary["engines"])
+    assert summary["rows_labelled"] + sum(summary["rows_not_labelled"].values()) == QUESTIONS
+    assert summary["solutions_generated"] == 2 * QUESTIONS
+    assert not engine_names()
+
+
 def test_kept_engines_serve_the_next_run_without_loading(ray_cluster: Path, tmp_path: Path) -> None:
     from flows.prm import run_flow
     from mshep.backends.vllm import stop_engines
