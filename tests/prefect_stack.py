@@ -1,6 +1,7 @@
 """A real Prefect stack for the deployment tests: `prefect server start` on 127.0.0.1 with its
-own home (SQLite), the work pools of deployments/prefect.yaml, `prefect --no-prompt deploy
---all`, and a process worker. Shared by tests/test_prefect_yaml.py and tests/test_ui.py."""
+own home (SQLite, or the database a URL names), the work pools of deployments/prefect.yaml,
+`prefect --no-prompt deploy --all`, and a process worker. Shared by tests/test_prefect_yaml.py,
+tests/test_ui.py, tests/test_infra_postgres.py and tests/test_infra_slurm.py."""
 
 from __future__ import annotations
 
@@ -28,9 +29,13 @@ def prefect(
 
 
 @contextmanager
-def prefect_server(home: Path, ui: bool = False) -> Iterator[dict[str, str]]:
+def prefect_server(
+    home: Path, ui: bool = False, database_url: str | None = None
+) -> Iterator[dict[str, str]]:
     """Yields the environment of a client, a worker and `prefect deploy` against the server
-    (with `ui`, the UI's API URL points at it too)."""
+    (with `ui`, the UI's API URL points at it too; with `database_url`, e.g.
+    postgresql+asyncpg://user:password@host:port/db, the server keeps its state there instead of
+    SQLite in `home`; only the server's process gets it)."""
     import httpx
 
     with socket.socket() as probe:
@@ -46,10 +51,13 @@ def prefect_server(home: Path, ui: bool = False) -> Iterator[dict[str, str]]:
     }
     if ui:
         env["PREFECT_UI_API_URL"] = api  # what the browser calls (GET /ui-settings)
+    server_env = dict(env)
+    if database_url:
+        server_env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
     log = (home / "server.log").open("wb")
     server = subprocess.Popen(
         [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
+        env=server_env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     env["PREFECT_API_URL"] = api
     try:
