@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.stages import failed
+from flows.stages import failed, result_of
 from mshep.checks import used_stages
 from mshep.config import RunConfig
 from mshep.errors import MshepError
@@ -75,10 +75,7 @@ def run_engines(config: RunConfig) -> Iterator[Engines]:
     specs = engine_specs(config)
     owned = connect(config.execution.ray_address)
     try:
-        started = start_engines_task(specs, return_state=True)
-        if started.is_failed():
-            error = started.result(raise_on_failure=False)
-            raise error if isinstance(error, MshepError) else MshepError(started.message or "")
+        result_of(start_engines_task(specs, return_state=True))
         yield Engines(specs)
     finally:
         if not config.serving.keep_engines:

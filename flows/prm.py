@@ -28,7 +28,7 @@ from flows.engines import run_engines
 from flows.lock import output_lock
 from flows.parameters import DEFAULTS, SECTIONS, run_config
 from flows.placement import StageFutures, Submitter, build_task_runner
-from flows.stages import failed, load_task, preflight_task, push_task, write_task
+from flows.stages import failed, load_task, preflight_task, push_task, result_of, write_task
 from mshep.card import dataset_card, public_config
 from mshep.config import (
     CompleterConfig,
@@ -112,11 +112,7 @@ def _run(config: RunConfig) -> dict[str, Any]:
     _rename_run(config)
     logger.info("config:\n%s", public_config(config))
     runner = build_task_runner(config)  # refuses Ray without a Prefect API, before any work
-    checked = preflight_task(config, return_state=True)
-    if checked.is_failed():
-        error = checked.result(raise_on_failure=False)
-        raise error if isinstance(error, MshepError) else MshepError(checked.message or "")
-    checks: str = checked.result()
+    checks: str = result_of(preflight_task(config, return_state=True))
     logger.info("checks passed:\n%s", checks)
     ensure_limits([config.serving.for_stage(stage) for stage in ("golden", "generate", "complete")])
     with output_lock(Layout.of(config)):
@@ -126,7 +122,8 @@ def _run(config: RunConfig) -> dict[str, Any]:
 def _label(config: RunConfig, runner: Any, checks: str, started: float) -> dict[str, Any]:
     """Load, the stage tasks on the run's runner, then outputs, summary and card."""
     logger = get_run_logger()
-    rows_in, shards, rejected = load_task(config)
+    rows_in, shards, rejected, dataset_line = result_of(load_task(config, return_state=True))
+    checks = f"{checks}\n{dataset_line}"
     for failure in rejected:
         logger.warning("row not used: %s (%s)", failure.reason, failure.detail)
     logger.info("%d rows in, %d usable, %d shards", rows_in, rows_in - len(rejected), len(shards))

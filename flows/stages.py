@@ -15,12 +15,12 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
-from prefect.states import Failed
+from prefect.states import Failed, State
 
 from flows.endpoints import endpoint_slots
 from flows.secrets import hub_token, serving_token
 from mshep.backends import make_backend
-from mshep.checks import preflight
+from mshep.checks import dataset_report, preflight
 from mshep.completion import golden_answers, label_solutions, label_targets
 from mshep.config import CompleterConfig, ModelStage, RunConfig, ServingConfig
 from mshep.errors import MshepError
@@ -30,7 +30,7 @@ from mshep.generation import generate_solutions
 from mshep.hub import push_dataset
 from mshep.io import read_records, write_dataset
 from mshep.loading import load_problems
-from mshep.records import Failure, KeyedSolution, LabelledSolution, Problem, Stage
+from mshep.records import KeyedSolution, LabelledSolution, Problem, Stage
 from mshep.shards import Layout, ShardRef, finish_shard, finished, write_question_shards
 from mshep.summary import RunSummary, StageSummary, label_counts, quality_report
 
@@ -42,7 +42,7 @@ def preflight_task(config: RunConfig) -> str:
     """Endpoints, dataset columns, output and tokens, before any model call. A problem found
     is the task's Failed state with its one-line message (no traceback: it is not a bug)."""
     try:
-        return preflight(config, hub_token)
+        return preflight(config, hub_token, dataset=False)  # the load task reads it, once
     except MshepError as error:
         return failed(error)
 
@@ -52,12 +52,27 @@ def failed(error: MshepError) -> Any:
     return Failed(message=str(error), data=error)
 
 
+def result_of(state: State[Any]) -> Any:
+    """A task's result, or the `MshepError` its Failed state carries, raised (no traceback)."""
+    if state.is_failed():
+        error = state.result(raise_on_failure=False)
+        raise error if isinstance(error, MshepError) else MshepError(state.message or "")
+    return state.result()
+
+
 @task(name="load questions", tags=[*TAGS, Stage.LOAD.value])
-def load_task(config: RunConfig) -> tuple[int, list[ShardRef], list[Failure]]:
+def load_task(config: RunConfig) -> Any:
     """Not cached: the input is read fresh each run; shards whose questions did not change keep
-    their paths and digests, so their downstream tasks hit the cache."""
-    loaded = load_problems(config.dataset, need_reference=config.golden.source == "reference")
-    return loaded.rows_in, write_question_shards(config, loaded.problems), loaded.rejected
+    their paths and digests, so their downstream tasks hit the cache. Returns rows in, shards,
+    rejected rows and the dataset's line of the checks; a dataset with no usable row (or an
+    unreadable one) is the task's Failed state with its one-line message."""
+    try:
+        loaded = load_problems(config.dataset, need_reference=config.golden.source == "reference")
+        report = dataset_report(config, loaded)
+    except MshepError as error:
+        return failed(error)
+    shards = write_question_shards(config, loaded.problems)
+    return loaded.rows_in, shards, loaded.rejected, report
 
 
 # The cache key of a stage task: its inputs (settings, input shard references with their

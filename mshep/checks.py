@@ -13,7 +13,7 @@ from mshep.card import redact
 from mshep.config import ModelStage, OutputConfig, RunConfig
 from mshep.errors import DatasetError, OutputError, one_line
 from mshep.io import remove, write_text
-from mshep.loading import load_problems
+from mshep.loading import LoadedDataset, load_problems
 from mshep.shards import Layout
 from mshep.summary import count_reasons
 
@@ -57,6 +57,12 @@ SHOWN_REJECTIONS = 5  # rows listed by `check`; the counts by reason cover the r
 def check_dataset(config: RunConfig) -> str:
     """The dataset line, with a few unusable rows listed; DatasetError if no row is usable."""
     loaded = load_problems(config.dataset, need_reference=config.golden.source == "reference")
+    return dataset_report(config, loaded)
+
+
+def dataset_report(config: RunConfig, loaded: LoadedDataset) -> str:
+    """What `check_dataset` says of rows already loaded (the flow loads them once, in its load
+    task, and reports them there)."""
     rejected = count_reasons(loaded.rejected)
     why = "; ".join(f"{n} × {reason}" for reason, n in rejected.items())
     if not loaded.problems:
@@ -122,10 +128,12 @@ def check_output(config: RunConfig, hub_token: TokenReader) -> str:
     return line
 
 
-def preflight(config: RunConfig, hub_token: TokenReader) -> str:
-    """A short report of what will run; raises a `MshepError` naming the first problem found."""
+def preflight(config: RunConfig, hub_token: TokenReader, dataset: bool = True) -> str:
+    """A short report of what will run; raises a `MshepError` naming the first problem found.
+    `dataset=False`: the caller reads the dataset itself (`dataset_report`), once."""
     lines = check_backends(config)
-    lines.append(check_dataset(config))
+    if dataset:
+        lines.append(check_dataset(config))
     lines.append(check_output(config, hub_token))
     lines.append(
         f"M={config.generator.M}, N={config.completer.N}, strategy={config.completer.strategy}, "
