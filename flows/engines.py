@@ -11,11 +11,13 @@ runner's connection is used, so this is entered inside the runner.
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
 
 from flows.stages import failed, result_of
 from mshep.checks import used_stages
@@ -52,9 +54,11 @@ def start_engines_task(specs: list[EngineSpec]) -> Any:
 
 
 class Engines:
-    """What the flow holds while its engines run: their specs, and their counters at the end."""
+    """What the flow holds while its engines run: the config its tasks get (the engines' scope
+    in it), the engines' specs, and their counters at the end."""
 
-    def __init__(self, specs: list[EngineSpec]) -> None:
+    def __init__(self, config: RunConfig, specs: list[EngineSpec]) -> None:
+        self.config = config
         self.specs = specs
 
     def infos(self) -> list[dict[str, Any]]:
@@ -65,22 +69,48 @@ class Engines:
         return engine_infos(self.specs)
 
 
+def _scoped(config: RunConfig) -> RunConfig:
+    """Engines owned by this run carry its id in their names: a concurrent run with the same
+    settings starts its own and never frees these. Kept engines are shared by name."""
+    if config.serving.keep_engines:
+        return config
+    context = FlowRunContext.get()
+    run = context.flow_run.id.hex if context and context.flow_run else uuid.uuid4().hex
+    serving = config.serving.model_copy(update={"engine_scope": run[:8]})
+    return config.model_copy(update={"serving": serving})
+
+
 @contextlib.contextmanager
 def run_engines(config: RunConfig) -> Iterator[Engines]:
     if config.serving.kind != "vllm":
-        yield Engines([])
+        yield Engines(config, [])
         return
     from mshep.backends.vllm import connect, stop_engines
 
+    logger = get_run_logger()
+    config = _scoped(config)
     specs = engine_specs(config)
     owned = connect(config.execution.ray_address)
+    if owned and config.serving.keep_engines:
+        logger.warning(
+            "serving.keep_engines: this run started its own Ray, which ends with it, engines "
+            "included; set execution.ray_address to keep them on a cluster"
+        )
+    keep = config.serving.keep_engines
     try:
-        result_of(start_engines_task(specs, return_state=True))
-        yield Engines(specs)
+        try:
+            result_of(start_engines_task(specs, return_state=True))
+        except BaseException:
+            keep = False  # engines that did not all load are no use to the next run
+            raise
+        yield Engines(config, specs)
     finally:
-        if not config.serving.keep_engines:
-            stop_engines(specs)
-        if owned:
-            import ray
+        try:
+            if not keep:
+                for problem in stop_engines(specs):
+                    logger.warning("engine not freed: %s", problem)
+        finally:
+            if owned:
+                import ray
 
-            ray.shutdown()
+                ray.shutdown()

@@ -128,7 +128,7 @@ def _label(config: RunConfig, runner: Any, checks: str, started: float) -> dict[
         logger.warning("row not used: %s (%s)", failure.reason, failure.detail)
     logger.info("%d rows in, %d usable, %d shards", rows_in, rows_in - len(rejected), len(shards))
     with runner, run_engines(config) as engines:  # engines: inside the runner's Ray
-        submitter = Submitter(config, runner)
+        submitter = Submitter(engines.config, runner)
         futures = submitter.submit(shards)
         progress = RunProgress(
             {stage.value: len(pending) for stage, pending in futures.items() if pending}

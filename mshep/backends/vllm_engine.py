@@ -23,7 +23,7 @@ import os
 import time
 from typing import Any
 
-from mshep.backends.base import Completion, GenerationRequest, GenerationResult
+from mshep.backends.base import Completion, FinishReason, GenerationRequest, GenerationResult
 from mshep.errors import one_line
 from mshep.records import Usage
 
@@ -37,6 +37,10 @@ SETTINGS = (
     "dtype",
     "enforce_eager",
 )
+
+
+# vLLM's finish reasons; an aborted or unfinished sample is no reply.
+FINISH: dict[str | None, FinishReason] = {"stop": "stop", "length": "length"}
 
 
 def structured_outputs(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -86,7 +90,10 @@ class VllmEngine:
         engine_args = {key: settings[key] for key in SETTINGS if settings.get(key) is not None}
         if int(settings.get("tensor_parallel_size") or 1) > 1:
             engine_args["distributed_executor_backend"] = "ray"  # the actor's placement group
-        self.llm = vllm.LLM(**engine_args)
+        try:
+            self.llm = vllm.LLM(**engine_args)
+        except Exception as error:  # its text (pydantic, HF) spans lines: keep all on the last
+            raise RuntimeError(one_line(error)) from error
         self.tokenizer = self.llm.get_tokenizer()
         config = self.llm.llm_engine.model_config
         self.max_model_len = int(getattr(config, "max_model_len", 0) or 0)
@@ -102,6 +109,12 @@ class VllmEngine:
             "completion_tokens": 0,
             "busy_s": 0.0,
         }
+
+    def placement_group_id(self) -> str | None:
+        """The placement group the engine runs in (tensor parallel), for whoever frees it."""
+        import ray
+
+        return ray.get_runtime_context().get_placement_group_id()
 
     def info(self) -> dict[str, Any]:
         """What the engine is and what it has done (the flow's summary keeps this)."""
@@ -145,6 +158,8 @@ class VllmEngine:
             try:
                 outputs = self.llm.generate(prompts, params, use_tqdm=False)
             except Exception as error:  # the engine itself failed: every request of the batch
+                if type(error).__name__ == "EngineDeadError":
+                    os._exit(1)  # unusable for good: Ray restarts the actor, callers see it die
                 for index in where:
                     results[index] = self._failed(
                         requests[index], f"engine error: {one_line(error)}"
@@ -166,7 +181,7 @@ class VllmEngine:
         completions = [
             Completion(
                 text=sample.text,
-                finish_reason="length" if sample.finish_reason == "length" else "stop",
+                finish_reason=FINISH.get(sample.finish_reason, "error"),
                 completion_tokens=len(sample.token_ids),
             )
             for sample in output.outputs
