@@ -146,7 +146,8 @@ def complete_task(
     serving: ServingConfig,
     reuse: bool = True,
 ) -> ShardRef:
-    """Label every candidate of one shard, round by round, one backend call per round."""
+    """Label every candidate of one shard: each candidate's next probe goes out as soon as its
+    last one is back (`mshep.completion.label_solutions`)."""
     if reuse and (done := finished(out)):
         return done
     problems = read_records(problems_ref.path, Problem)

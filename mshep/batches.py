@@ -1,17 +1,25 @@
 """Pure, given a backend. What every stage does with a batch: one backend call for all its
-requests (results checked one for one and tallied), request seeds derived from what a request
-is for, and a request's usage shared among its replies."""
+requests (results checked one for one and tallied), or a stream of requests whose follow-ups go
+out as each result comes back; request seeds derived from what a request is for, and a
+request's usage shared among its replies."""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
 
-from mshep.backends.base import Backend, Completion, GenerationRequest, GenerationResult
+from mshep.backends.base import (
+    Backend,
+    Completion,
+    FollowUp,
+    GenerationRequest,
+    GenerationResult,
+    Streaming,
+)
 from mshep.failures import RequestTally
 from mshep.records import Usage
 
-__all__ = ["call_backend", "derive_seed", "split_usage"]
+__all__ = ["call_backend", "derive_seed", "split_usage", "stream_backend"]
 
 
 def derive_seed(base: int, *parts: object) -> int:
@@ -64,3 +72,48 @@ def call_backend(
     for result in results:
         tally.add(result)
     return results
+
+
+def stream_backend(
+    backend: Backend, first: list[GenerationRequest], follow_up: FollowUp, tally: RequestTally
+) -> None:
+    """Send `first`, and each request `follow_up` returns as soon as the result it follows is
+    back: a backend that streams keeps them all in flight under its own bound; one that only
+    has `generate` gets waves, each one call with the follow-ups of the wave before (what a
+    round-by-round caller did). Every result is tallied as `call_backend` tallies it, and a
+    backend that answers a request it was not sent, answers one twice or leaves one unanswered
+    is an error, as a count mismatch is for `call_backend`."""
+    if not isinstance(backend, Streaming):
+        _in_waves(backend, first, follow_up, tally)
+        return
+    waiting = {id(request): request for request in first}
+
+    def answered(request: GenerationRequest, result: GenerationResult) -> list[GenerationRequest]:
+        if waiting.pop(id(request), None) is None:
+            raise RuntimeError(
+                f"backend {backend.name!r} returned a result for a request it was not sent "
+                f"or had answered already ({request.tag!r})"
+            )
+        tally.add(result)
+        sent = list(follow_up(request, result))
+        waiting.update((id(new), new) for new in sent)
+        return sent
+
+    backend.stream(first, answered)
+    if waiting:
+        raise RuntimeError(
+            f"backend {backend.name!r} returned no result for {len(waiting)} requests"
+        )
+
+
+def _in_waves(
+    backend: Backend, first: list[GenerationRequest], follow_up: FollowUp, tally: RequestTally
+) -> None:
+    wave = first
+    while wave:
+        results = call_backend(backend, wave, tally)
+        wave = [
+            new
+            for request, result in zip(wave, results, strict=True)
+            for new in follow_up(request, result)
+        ]

@@ -1,7 +1,8 @@
 """Pure, given a backend. The complete stage over one shard: which candidates to label (those
-with a golden answer), rollouts from their step prefixes (every rollout of a labelling round in
-one backend call, unreadable ones asked again), and the labeller's decisions. A question left
-without a label is one `Failure` with its reason, never dropped silently."""
+with a golden answer), rollouts from their step prefixes (every candidate's first prefixes sent
+together, each candidate's next ones as soon as its last ones are back, unreadable rollouts asked
+again), and the labeller's decisions. A question left without a label is one `Failure` with its
+reason, never dropped silently."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from mshep.answers import answers_match
-from mshep.backends.base import Backend, Completion, GenerationRequest
-from mshep.batches import call_backend, derive_seed
+from mshep.backends.base import Backend, Completion, GenerationRequest, GenerationResult
+from mshep.batches import derive_seed, stream_backend
 from mshep.config import CompleterConfig
 from mshep.failures import RequestTally
 from mshep.labelling import Labeller, LabelTarget, PrefixQuery, make_strategy
@@ -55,7 +56,7 @@ def read_rollout(completion: Completion, golden_answer: str, structured: bool = 
 class Labelled:
     solutions: list[LabelledSolution]
     usage: Usage
-    rounds: int
+    rounds: int  # the longest chain of sequential probes of any candidate (Labeller.rounds)
     failures: list[Failure] = field(default_factory=list)  # one per question left out
     prefixes: int = 0  # (solution, prefix) pairs rolled out, N rollouts each
     tally: RequestTally = field(default_factory=RequestTally)
@@ -121,57 +122,74 @@ class _Answered:
         return [i for i, r in enumerate(self.rollouts) if r.status is RolloutStatus.UNPARSEABLE]
 
 
-def _roll_out(
-    backend: Backend,
-    targets: Sequence[LabelTarget],
-    queries: list[PrefixQuery],
-    cfg: CompleterConfig,
-    out: Labelled,
-) -> list[_Answered]:
-    """One round: N rollouts per query in one call; then, up to `cfg.resample` times, one call
-    for the rollouts whose reply could not be read, each replaced by its new sample."""
-    answered: list[_Answered] = []
-    for attempt in range(cfg.resample + 1):
-        asking = [i for i, a in enumerate(answered) if a.unreadable()] if attempt else []
-        if attempt and not asking:
-            break
-        indices = asking if attempt else list(range(len(queries)))
-        requests = [
-            _rollout_request(
-                targets[queries[i].target], queries[i], cfg,
-                len(answered[i].unreadable()) if attempt else cfg.N, attempt,
-            )
-            for i in indices
-        ]  # fmt: skip
-        out.resampled += sum(r.n for r in requests) if attempt else 0
-        for i, result in zip(indices, call_backend(backend, requests, out.tally), strict=True):
-            golden = targets[queries[i].target].golden_answer
-            rollouts = [read_rollout(c, golden, cfg.structured_output) for c in result.completions]
-            if not attempt:
-                answered.append(_Answered(rollouts, result.usage))
-                continue
-            for slot, rollout in zip(answered[i].unreadable(), rollouts, strict=False):
-                answered[i].rollouts[slot] = rollout
-            answered[i].usage += result.usage
-    return answered
+class _Driver:
+    """Turns each rollout request's result into what to ask next: the same query again for its
+    unreadable rollouts (up to `cfg.resample` times, each a new sample replacing one that could
+    not be read), else the query's rollouts go to the labeller and the candidate's next prefixes
+    are asked. Called once per result, one at a time (`stream_backend`)."""
+
+    def __init__(
+        self,
+        targets: Sequence[LabelTarget],
+        cfg: CompleterConfig,
+        labeller: Labeller,
+        out: Labelled,
+    ) -> None:
+        self.targets = targets
+        self.cfg = cfg
+        self.labeller = labeller
+        self.out = out
+        self.sent: dict[int, tuple[GenerationRequest, PrefixQuery, int]] = {}  # by id(request)
+        self.answers: dict[PrefixQuery, _Answered] = {}
+
+    def ask(self, query: PrefixQuery, n: int, attempt: int = 0) -> GenerationRequest:
+        request = _rollout_request(self.targets[query.target], query, self.cfg, n, attempt)
+        self.sent[id(request)] = (request, query, attempt)
+        return request
+
+    def answered(
+        self, request: GenerationRequest, result: GenerationResult
+    ) -> list[GenerationRequest]:
+        sent, query, attempt = self.sent.pop(id(request))
+        assert sent is request
+        golden = self.targets[query.target].golden_answer
+        rollouts = [read_rollout(c, golden, self.cfg.structured_output) for c in result.completions]
+        if not attempt:
+            answer = self.answers[query] = _Answered(rollouts, result.usage)
+        else:
+            answer = self.answers[query]
+            for slot, rollout in zip(answer.unreadable(), rollouts, strict=False):
+                answer.rollouts[slot] = rollout
+            answer.usage += result.usage
+        if attempt < self.cfg.resample and (unreadable := answer.unreadable()):
+            self.out.resampled += len(unreadable)
+            return [self.ask(query, len(unreadable), attempt + 1)]
+        del self.answers[query]
+        self.labeller.submit(query, answer.rollouts, answer.usage)
+        self.out.usage += answer.usage
+        return [
+            self.ask(next_query, self.cfg.N)
+            for next_query in self.labeller.pending_for(query.target)
+        ]
 
 
 def label_solutions(
     backend: Backend, targets: Sequence[LabelTarget], cfg: CompleterConfig
 ) -> Labelled:
-    """Drive the labeller round by round; each round is one backend call with every rollout of
-    the shard (plus one per re-sample), so a first-error search over many candidates costs
-    ~ceil(log2 L) calls."""
+    """Drive the labeller candidate by candidate: every candidate's first prefixes go out
+    together, and a candidate's next ones as soon as its own are back (with their re-samples),
+    while the others' are still in flight, so no probe waits for the slowest of a round. A
+    backend that does not stream gets waves, one call each (`stream_backend`); the labels are
+    the same, since each candidate's probes and their seeds do not depend on the others'.
+    `rounds` is the longest chain of sequential probes of any candidate (~ceil(log2 L) for a
+    first-error search)."""
     out = Labelled(solutions=[], usage=Usage(), rounds=0)
     if cfg.difficulty_filter:
         targets, out.failures = filter_by_difficulty(targets)
     labeller = Labeller(targets, cfg.N, make_strategy(cfg.strategy, witness=cfg.witness))
-    while queries := labeller.pending():
-        for query, answered in zip(
-            queries, _roll_out(backend, targets, queries, cfg, out), strict=True
-        ):
-            labeller.submit(query, answered.rollouts, answered.usage)
-            out.usage += answered.usage
+    driver = _Driver(targets, cfg, labeller, out)
+    first = [driver.ask(query, cfg.N) for query in labeller.pending()]
+    stream_backend(backend, first, driver.answered, out.tally)
     out.solutions = labeller.results(cfg.model)
     out.rounds = labeller.rounds
     out.prefixes = labeller.prefixes_evaluated

@@ -1,9 +1,12 @@
 """Pure. Math-Shepherd labelling as a state machine.
 
-`Labeller.pending()` says which (solution, prefix) pairs need N rollouts next; `submit()` takes the
-rollouts of one pair; when nothing is pending, `results()` gives every solution its step labels.
-The caller sends all pending pairs of a round to the backend in one call, so a strategy that needs
-several rounds (a first-error search) costs a few round trips, not one per step.
+`Labeller.pending_for(i)` says which prefixes of candidate i need N rollouts next (none while
+some it was given are unanswered); `submit()` takes the rollouts of one (candidate, prefix)
+pair; when nothing is pending, `results()` gives every solution its step labels. Candidates are
+independent: the caller drives each one as its answers come back (`mshep.completion`), so a
+candidate's next probe never waits for another candidate's. `pending()` is every candidate's at
+once (one round of a driver that waits for the whole round). Either way the labels depend only
+on the rollouts of each pair.
 
 Rules (docs/design.md, "Labels"): a step is good when any valid rollout from its prefix reaches
 the golden answer; soft value = correct / valid; failed rollouts (error, unparseable, truncated)
@@ -236,21 +239,40 @@ class Labeller:
             raise ValueError(f"N must be at least 1, got {n}")
         self.states = [SolutionState(target=t, n=n) for t in targets]
         self.strategy = strategy
-        self.rounds = 0
+        self.depths = [0] * len(self.states)  # times each candidate was given prefixes to ask
         self._asked: set[PrefixQuery] = set()
         self._open: set[PrefixQuery] = set()
+        self._waiting = [0] * len(self.states)  # open prefixes per candidate
+
+    @property
+    def rounds(self) -> int:
+        """The longest chain of sequential probes of any candidate (a search's depth): with a
+        driver that waits for whole rounds, the number of rounds."""
+        return max(self.depths, default=0)
 
     def pending(self) -> list[PrefixQuery]:
         """The next round: every prefix some strategy still needs, not yet answered."""
-        queries = [
-            PrefixQuery(index, k)
-            for index, state in enumerate(self.states)
-            for k in self.strategy.next_prefixes(state)
-        ]
-        self._open.update(queries)
-        if queries:
-            self.rounds += 1
+        queries = []
+        for index, state in enumerate(self.states):
+            asked = [PrefixQuery(index, k) for k in self.strategy.next_prefixes(state)]
+            self._ask(index, asked)
+            queries += asked
         return queries
+
+    def pending_for(self, index: int) -> list[PrefixQuery]:
+        """Candidate `index`'s next prefixes, once those it was given are answered: none while
+        any is still open (a search's next probe depends on them all), none when it is done."""
+        if self._waiting[index]:
+            return []
+        queries = [PrefixQuery(index, k) for k in self.strategy.next_prefixes(self.states[index])]
+        self._ask(index, queries)
+        return queries
+
+    def _ask(self, index: int, queries: list[PrefixQuery]) -> None:
+        new = [query for query in queries if query not in self._open]
+        self._open.update(new)
+        self._waiting[index] += len(new)
+        self.depths[index] += bool(queries)
 
     @property
     def prefixes_evaluated(self) -> int:
@@ -269,6 +291,7 @@ class Labeller:
             # An unasked prefix could contradict a search's bracket: only answers are taken.
             raise ValueError(f"prefix {query} was not asked for")
         self._open.discard(query)
+        self._waiting[query.target] -= 1
         self._asked.add(query)
         state.rollouts[query.prefix_len] = list(rollouts)
         if usage is not None:

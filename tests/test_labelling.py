@@ -174,3 +174,33 @@ def test_read_structured_rollout():
     bad = read_rollout(Completion(text='{"steps": ["9*2=18"], "answer": '), "18", True)
     assert good.correct is True
     assert bad.status is RolloutStatus.UNPARSEABLE and "JSON" in bad.detail
+
+
+def test_pending_for_gives_a_candidate_its_next_prefixes_once_its_last_are_answered():
+    targets = [make_target(steps=4, answer="7"), make_target(steps=8, answer="7", problem_id="q1")]
+    labeller = Labeller(targets, 1, PerStep())
+    first = labeller.pending_for(0)
+    assert [q.prefix_len for q in first] == [1, 2, 3]
+    assert labeller.pending_for(0) == []  # asked already, not answered yet
+    labeller.submit(first[0], [OK_RIGHT])
+    assert labeller.pending_for(0) == []  # 2 and 3 still open
+    for query in first[1:]:
+        labeller.submit(query, [OK_WRONG])
+    assert labeller.pending_for(0) == []  # done
+    assert labeller.rounds == 1 and not labeller.done  # candidate 1 never asked
+
+
+def test_rounds_is_the_longest_chain_of_probes_of_any_candidate():
+    # First-error search, every prefix good: L=8 probes 4, 6, 7; L=4 probes 2, 3; L=2 probe 1.
+    targets = [make_target(steps=s, answer="7", problem_id=f"L{s}") for s in (8, 4, 2)]
+    labeller = Labeller(targets, 1, FirstError())
+    chains = {index: 0 for index in range(3)}
+    waiting = {index: labeller.pending_for(index) for index in range(3)}
+    while any(waiting.values()):
+        for index, queries in waiting.items():
+            for query in queries:
+                labeller.submit(query, [OK_RIGHT])
+            chains[index] += bool(queries)
+            waiting[index] = labeller.pending_for(index)
+    assert chains == {0: 3, 1: 2, 2: 1} and labeller.depths == [3, 2, 1]
+    assert labeller.rounds == 3 and labeller.done

@@ -4,11 +4,17 @@ A backend is a context manager that loads what it needs on enter (a client, an e
 on exit. `generate` takes the whole batch of a shard (or of a labelling round) at once so that the
 server or engine sees it all; it never raises for a failed request: that request's result carries
 the error and its completions come back with `finish_reason="error"`, so callers can count it.
+
+A backend may also stream (`Streaming`): every request in flight at once under its own bound,
+each result handed to a callback as it arrives, and the requests the callback returns sent at
+once, so work that depends on an answer (a candidate's next probe) never waits for the rest of
+a batch. `mshep.batches.stream_backend` drives either kind: a backend that only has `generate`
+gets waves (each the follow-ups of the wave before).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self, runtime_checkable
 
@@ -84,6 +90,23 @@ class Backend(Protocol):
     ) -> None: ...
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]: ...
+
+
+FollowUp = Callable[[GenerationRequest, GenerationResult], Sequence[GenerationRequest]]
+"""Called with each request and its result, as results arrive; returns the requests to send next."""
+
+
+@runtime_checkable
+class Streaming(Protocol):
+    """A backend that can keep requests in flight while their follow-ups are decided."""
+
+    def stream(self, first: Sequence[GenerationRequest], follow_up: FollowUp) -> None:
+        """Send `first` at once; call `follow_up` exactly once per request sent, with its
+        result, from one thread (never two calls at a time), and send what it returns. Returns
+        when every request sent has been answered. Like `generate`, a failed request is a
+        failed result, never an exception; an exception from `follow_up` stops the stream
+        (requests still in flight are abandoned) and propagates."""
+        ...
 
 
 class BackendBase:

@@ -1,16 +1,25 @@
 """Pure. A scripted backend for unit tests: a queue of replies and a history of what was asked.
 
 Replies are taken one per completion (a request with n=4 takes four), in order; a callable
-`responder` may answer instead, from the request itself. Nothing here is a model: the product
-never uses it.
+`responder` may answer instead, from the request itself. `FakeBackend` only has `generate` (so
+streamed work comes to it in waves); `StreamingFake` streams, answering the requests in flight in
+a seeded random order, as a server whose requests finish out of order. Nothing here is a model:
+the product never uses it.
 """
 
 from __future__ import annotations
 
+import random
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 
-from mshep.backends.base import BackendBase, Completion, GenerationRequest, GenerationResult
+from mshep.backends.base import (
+    BackendBase,
+    Completion,
+    FollowUp,
+    GenerationRequest,
+    GenerationResult,
+)
 from mshep.records import Usage
 
 Reply = str | Completion | Exception
@@ -60,3 +69,30 @@ class FakeBackend(BackendBase):
             completion_tokens=sum(c.completion_tokens or 0 for c in completions),
         )
         return GenerationResult(completions=completions, usage=usage, model=self.model)
+
+
+class StreamingFake(FakeBackend):
+    """A fake that streams: of the requests in flight, a seeded random one is answered next,
+    and what the callback returns joins them. Each answered request is one entry of `calls`.
+    With a `responder` the replies do not depend on that order; with a queue they do."""
+
+    name = "streaming-fake"
+
+    def __init__(
+        self,
+        replies: Iterable[Reply] = (),
+        responder: Responder | None = None,
+        model: str = "fake",
+        seed: int = 0,
+    ) -> None:
+        super().__init__(replies, responder, model)
+        self.rng = random.Random(seed)
+        self.max_in_flight = 0
+
+    def stream(self, first: Sequence[GenerationRequest], follow_up: FollowUp) -> None:
+        in_flight = list(first)
+        while in_flight:
+            self.max_in_flight = max(self.max_in_flight, len(in_flight))
+            request = in_flight.pop(self.rng.randrange(len(in_flight)))
+            self.calls.append([request])
+            in_flight += follow_up(request, self._answer(request))

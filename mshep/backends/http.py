@@ -4,7 +4,9 @@
 `huggingface_hub.AsyncInferenceClient`: every request is in flight together, bounded by a
 semaphore of `concurrency` slots that a call holds only while it is on the wire (not while it
 backs off). A request never raises: once its retries are spent it comes back as
-`GenerationResult.failed`, and `stats` counts it.
+`GenerationResult.failed`, and `stats` counts it. `HttpBackend.stream` does the same for requests
+that depend on earlier results: each result goes to the caller's callback on the loop as it
+arrives, and what the callback returns joins the requests in flight under the same semaphore.
 
 Retries (tenacity): 408, 429, 5xx, timeouts, connection errors and malformed 200 replies, up to
 `max_retries` times, with exponential backoff and jitter, or the server's Retry-After on
@@ -33,7 +35,7 @@ from tenacity import (
     stop_when_event_set,
 )
 
-from mshep.backends.base import BackendBase, GenerationRequest, GenerationResult
+from mshep.backends.base import BackendBase, FollowUp, GenerationRequest, GenerationResult
 from mshep.backends.http_check import check_chat, check_server
 from mshep.backends.http_replies import (
     CallFailure,
@@ -188,6 +190,49 @@ class HttpBackend(BackendBase):
         async with self._client(token) as client:
             answers = (self._answer(client, request, slots, stats) for request in requests)
             return list(await asyncio.gather(*answers))
+
+    def stream(self, first: Sequence[GenerationRequest], follow_up: FollowUp) -> None:
+        """`Streaming.stream`: every request in flight under `concurrency`, each result given
+        to `follow_up` on this call's loop as it comes back, the requests it returns sent then."""
+        if not first:
+            return
+        token = self._token if self._entered else self._read_token()
+        stats = HttpStats()
+        try:
+            run_coroutine(lambda: self._stream(list(first), follow_up, token, stats))
+        finally:
+            with self._lock:
+                self.stats.add(stats)
+
+    async def _stream(
+        self,
+        first: list[GenerationRequest],
+        follow_up: FollowUp,
+        token: str | None,
+        stats: HttpStats,
+    ) -> None:
+        slots = asyncio.Semaphore(self.config.concurrency)
+        arrived: asyncio.Queue[asyncio.Task[GenerationResult]] = asyncio.Queue()
+        in_flight: dict[asyncio.Task[GenerationResult], GenerationRequest] = {}
+        async with self._client(token) as client:
+
+            def send(request: GenerationRequest) -> None:
+                task = asyncio.create_task(self._answer(client, request, slots, stats))
+                in_flight[task] = request
+                task.add_done_callback(arrived.put_nowait)
+
+            try:
+                for request in first:
+                    send(request)
+                while in_flight:
+                    task = await arrived.get()
+                    # `_answer` never raises; a bug that makes it raise ends the stream here.
+                    for request in follow_up(in_flight.pop(task), task.result()):
+                        send(request)
+            finally:
+                for task in in_flight:
+                    task.cancel()
+                await asyncio.gather(*in_flight, return_exceptions=True)
 
     def _client(self, token: str | None) -> AsyncInferenceClient:
         timeout = self.config.timeout_s

@@ -1,12 +1,18 @@
 """Benchmark (run by hand, not by pytest): the whole flow against the simulated model.
 
-    python tests/benchmarks/bench_pipeline.py --questions 200 -M 4 -N 4
+    python tests/benchmarks/bench_pipeline.py --questions 200 -M 4 -N 4 [--driver waves]
+    python tests/benchmarks/bench_pipeline.py --questions 200 --labelling-only
 
 The simulator runs in its own process (as a real server would) with `slots` requests decoded at
 once; it reports busy slot-seconds. Efficiency = the simulator's ideal time (busy slot-seconds /
 slots: the time a perfectly fed server would need) ÷ the flow's wall time. 1.0 means the client
 kept every slot busy from start to end; waves that wait for the slowest request, serial stages or
 client overhead push it down.
+
+`--driver waves` hides the HTTP backend's `stream` (in this process), so the complete stage
+labels round by round, each round waiting for its slowest request (the barrier before issue 15),
+for an A/B on the same code. `--labelling-only` skips the flow: it generates the candidates
+once, then labels them all (one shard) with each driver in turn, twice, and reports each.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data" / "gsm8k" / "test.jsonl"
@@ -69,7 +76,17 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=64)
     parser.add_argument("--per-token-s", type=float, default=0.005)
     parser.add_argument("--base-latency-s", type=float, default=0.05)
+    parser.add_argument("--driver", choices=["stream", "waves"], default="stream")
+    parser.add_argument("--workers", type=int, default=None, help="execution.workers (threads)")
+    parser.add_argument("--labelling-only", action="store_true", help="label without the flow")
     args = parser.parse_args()
+    if args.labelling_only:
+        labelling_only(args)
+        return
+    if args.driver == "waves":
+        from mshep.backends.http import HttpBackend
+
+        del HttpBackend.stream  # the stage then gets waves (`mshep.batches.stream_backend`)
 
     from prefect.testing.utilities import prefect_test_harness
 
@@ -93,7 +110,8 @@ def main() -> None:
                     },
                     "serving": {"base_url": base_url, "concurrency": args.concurrency},
                     "output": {"path": out},
-                    "execution": {"shard_size": args.shard_size},
+                    "execution": {"shard_size": args.shard_size}
+                    | ({"workers": args.workers} if args.workers else {}),
                 }
             )
             started = time.monotonic()
@@ -122,8 +140,86 @@ def main() -> None:
         "ideal_s": round(ideal, 2),
         "efficiency": round(ideal / wall, 3),
         "max_in_flight": served.get("max_in_flight"),
+        "driver": args.driver,
+        "workers": config.execution.workers,
     }
     print(json.dumps(report, indent=2))
+
+
+class Waves:
+    """An HTTP backend's `generate` alone: the labelling comes to it in waves."""
+
+    name = "waves"
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __enter__(self) -> Waves:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def generate(self, requests: Any) -> Any:
+        return self.inner.generate(requests)
+
+
+def labelling_only(args: argparse.Namespace) -> None:
+    """The candidates generated once, then labelled in one `label_solutions` call per driver
+    (stream, waves, stream, waves): wall, ideal and efficiency of the labelling alone."""
+    from mshep.backends import make_backend
+    from mshep.completion import label_solutions
+    from mshep.config import CompleterConfig, GeneratorConfig, ServingConfig
+    from mshep.generation import generate_solutions
+    from mshep.labelling import LabelTarget
+    from mshep.records import Problem
+    from mshep.references import parse_reference_answer
+
+    problems = []
+    with DATA.open(encoding="utf-8") as lines:
+        for index, line in zip(range(args.questions), lines, strict=False):
+            row = json.loads(line)
+            answer = parse_reference_answer(row["answer"], "gsm8k")
+            assert isinstance(answer, str), answer
+            problems.append(
+                Problem(id=str(index), question=row["question"], reference_answer=answer)
+            )
+    completer = CompleterConfig(
+        N=args.N, model="sim", strategy=args.strategy, witness=not args.no_witness
+    )
+    simulator, base_url = start_simulator(args)
+    try:
+        with make_backend(ServingConfig(base_url=base_url, concurrency=args.concurrency)) as http:
+            generator = GeneratorConfig(M=args.M, model="sim")
+            generated = generate_solutions(http, problems, generator, args.M, "generate")
+            targets = [
+                LabelTarget(p.id, p.question, p.reference_answer or "", solution)
+                for p in problems
+                for solution in generated.solutions[p.id]
+            ]
+            for driver in ("stream", "waves", "stream", "waves"):
+                before = stats(base_url)
+                started = time.monotonic()
+                out = label_solutions(
+                    http if driver == "stream" else Waves(http), targets, completer
+                )
+                wall = time.monotonic() - started
+                busy = stats(base_url)["busy_slot_seconds"] - before["busy_slot_seconds"]
+                ideal = busy / args.slots
+                figures = {
+                    "driver": driver,
+                    "questions": args.questions,
+                    "candidates": len(targets),
+                    "requests": out.tally.requests,
+                    "rounds": out.rounds,
+                    "wall_s": round(wall, 2),
+                    "ideal_s": round(ideal, 2),
+                    "efficiency": round(ideal / wall, 3),
+                }
+                print(json.dumps(figures))
+    finally:
+        simulator.terminate()
+        simulator.wait(timeout=10)
 
 
 if __name__ == "__main__":
