@@ -105,29 +105,29 @@ class Submitter:
             yield
 
     def submit(self, shards: list[ShardRef]) -> StageFutures:
-        """golden ‖ generate for every shard first, then complete per shard; the runner resolves
-        the futures passed on, so a shard's completion starts when its own golden and generate
-        shards are done. Generation goes first because a completion task that waits for its
-        inputs holds a worker: submitted in between, completions would starve generation."""
+        """golden ‖ generate per shard, then complete; the runner resolves the futures passed
+        on, so a shard's completion starts when its own golden and generate shards are done."""
         config, total = self.config, len(shards)
         futures: StageFutures = {Stage.GOLDEN: [], Stage.GENERATE: [], Stage.COMPLETE: []}
         for ref in shards:
+            golden = None
             if config.golden.source == "model":
-                futures[Stage.GOLDEN].append(self._submit(
+                golden = self._submit(
                     generate_task, Stage.GOLDEN, ref, total,
                     name=Stage.GOLDEN, stage=config.golden, m=1, problems_ref=ref,
                     serving=config.serving.for_stage(Stage.GOLDEN),
-                ))  # fmt: skip
-            futures[Stage.GENERATE].append(self._submit(
+                )  # fmt: skip
+                futures[Stage.GOLDEN].append(golden)
+            generated = self._submit(
                 generate_task, Stage.GENERATE, ref, total,
                 name=Stage.GENERATE, stage=config.generator, m=config.generator.M,
                 problems_ref=ref, serving=config.serving.for_stage(Stage.GENERATE),
-            ))  # fmt: skip
-        goldens: list[PrefectFuture[ShardRef] | None] = [*futures[Stage.GOLDEN]] or [None] * total
-        for ref, golden, generated in zip(shards, goldens, futures[Stage.GENERATE], strict=True):
-            futures[Stage.COMPLETE].append(self._submit(
+            )  # fmt: skip
+            futures[Stage.GENERATE].append(generated)
+            completed = self._submit(
                 complete_task, Stage.COMPLETE, ref, total,
                 completer=config.completer, problems_ref=ref, golden_ref=golden,
                 generated_ref=generated, serving=config.serving.for_stage(Stage.COMPLETE),
-            ))  # fmt: skip
+            )  # fmt: skip
+            futures[Stage.COMPLETE].append(completed)
         return futures
