@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import environment
+
 DATA = Path(__file__).parent / "data" / "gsm8k"
 
 
@@ -47,17 +49,11 @@ def s3_server() -> Iterator[dict[str, str]]:
         "AWS_SECRET_ACCESS_KEY": S3_SECRET,
         "AWS_DEFAULT_REGION": "us-east-1",
     }
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
-    import fsspec
+    with environment(env):
+        import fsspec
 
-    fsspec.filesystem("s3", skip_instance_cache=True).mkdir("mshep")
-    try:
-        yield env
-    finally:
-        server.stop()
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        fsspec.filesystem("s3", skip_instance_cache=True).mkdir("mshep")
+        try:
+            yield env
+        finally:
+            server.stop()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from mshep.labelling import LabelTarget
 from mshep.records import Solution
 
@@ -26,3 +30,18 @@ def make_target(
 def prefix_len_of(user_message: str) -> int:
     """How many given steps a completer prompt carries (its last 'Step k:' line)."""
     return sum(1 for line in user_message.splitlines() if line.startswith("Step "))
+
+
+@contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """`values` set in os.environ while the block runs; each variable as it was afterwards."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

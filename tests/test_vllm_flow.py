@@ -22,6 +22,7 @@ import pytest
 from mshep.config import RunConfig
 from mshep.errors import BackendUnavailable, ConfigError
 from mshep.failures import RunIncomplete
+from tests.helpers import environment
 
 pytestmark = pytest.mark.slow
 
@@ -36,20 +37,14 @@ def ray_cluster(prefect_harness: None, tmp_path_factory: Any) -> Iterator[Path]:
     """A local Ray whose workers can import the stand-in vllm; yields the engines' load log."""
     ray = pytest.importorskip("ray")
     loads = tmp_path_factory.mktemp("engines") / "loads.txt"
-    saved = {name: os.environ.get(name) for name in ("PYTHONPATH", "VLLM_FAKE_LOADS")}
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(FAKE), saved["PYTHONPATH"]]))
-    os.environ["VLLM_FAKE_LOADS"] = str(loads)
+    path = os.pathsep.join(filter(None, [str(FAKE), os.environ.get("PYTHONPATH")]))
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(include_dashboard=False, num_cpus=8, log_to_driver=False)
-    try:
-        yield loads
-    finally:
-        ray.shutdown()
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    with environment({"PYTHONPATH": path, "VLLM_FAKE_LOADS": str(loads)}):
+        ray.init(include_dashboard=False, num_cpus=8, log_to_driver=False)
+        try:
+            yield loads
+        finally:
+            ray.shutdown()
 
 
 def config_for(output: Path, **serving: Any) -> RunConfig:

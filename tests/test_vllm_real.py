@@ -23,6 +23,7 @@ from mshep.config import PromptConfig, RunConfig, ServingConfig
 from mshep.parsing import ParsedSolution, parse_json_solution
 from mshep.prompts import SOLUTION_SCHEMA, generator_messages, response_format
 from tests.engine_env import engine_python, needs_engine, tiny_model
+from tests.helpers import environment
 
 pytestmark = [pytest.mark.slow, needs_engine]
 
@@ -37,20 +38,14 @@ ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "
 def model(tmp_path_factory: Any) -> Iterator[Path]:
     """The tiny model, and a local Ray for the module with the engine settings in place."""
     ray = pytest.importorskip("ray")
-    saved = {name: os.environ.get(name) for name in ENGINE_ENV}
-    os.environ.update(ENGINE_ENV)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    built = tiny_model(tmp_path_factory.mktemp("model"))
-    ray.init(include_dashboard=False, num_cpus=4, log_to_driver=False)
-    try:
-        yield built
-    finally:
-        ray.shutdown()
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    with environment(ENGINE_ENV):
+        built = tiny_model(tmp_path_factory.mktemp("model"))
+        ray.init(include_dashboard=False, num_cpus=4, log_to_driver=False)
+        try:
+            yield built
+        finally:
+            ray.shutdown()
 
 
 def serving(**fields: Any) -> dict[str, Any]:
