@@ -39,7 +39,7 @@ def engine_specs(config: RunConfig) -> list[EngineSpec]:
     )
 
 
-@task(name="start engines", tags=["mshep", "engines"], cache_policy=NO_CACHE)
+@task(name="start engines", cache_policy=NO_CACHE)
 def start_engines_task(specs: list[EngineSpec]) -> Any:
     """Load every engine (or find it loaded by a kept earlier run) and wait for it."""
     from mshep.backends.vllm import start_engines

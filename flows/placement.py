@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterator
+import heapq
+import queue
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +25,6 @@ from mshep.config import RunConfig
 from mshep.errors import ConfigError
 from mshep.records import Stage
 from mshep.shards import Layout, ShardPaths, ShardRef, is_done
-
-StageFutures = dict[Stage, list[PrefectFuture[ShardRef]]]
 
 
 def build_task_runner(config: RunConfig) -> TaskRunner[Any]:
@@ -62,10 +64,10 @@ def result_storage(config: RunConfig) -> Path | str:
 
 
 class Submitter:
-    """Submits one stage task per shard to the run's task runner, named `<stage> shard k/n`
-    and tagged with its stage. A task whose output file is gone (or every task, with
-    `execution.cache` off) refreshes its cache entry: it runs again and its new result replaces
-    the old one, rather than a cached reference to missing data."""
+    """Submits one stage task per shard to the run's task runner, named `<stage> shard k/n`.
+    A task whose output file is gone (or every task, with `execution.cache` off) refreshes its
+    cache entry: it runs again and its new result replaces the old one, rather than a cached
+    reference to missing data."""
 
     def __init__(self, config: RunConfig, runner: TaskRunner[Any]) -> None:
         self.config = config
@@ -73,6 +75,7 @@ class Submitter:
         self.storage = result_storage(config)
         self.paths = ShardPaths(config)
         self.reused: dict[Stage, int] = dict.fromkeys(Stage, 0)  # shards done before this run
+        self.blocked: set[int] = set()  # shards not completed: an input task of theirs failed
 
     def _submit(
         self, task: Task[..., ShardRef], which: Stage, ref: ShardRef, total: int, /, **kwargs: Any
@@ -84,7 +87,6 @@ class Submitter:
         configured = task.with_options(
             name=which.value,
             task_run_name=f"{which.value} shard {ref.shard + 1}/{total}",
-            tags=["mshep", which.value],
             result_storage=self.storage,
             refresh_cache=not done,
         )
@@ -104,30 +106,95 @@ class Submitter:
         with remote_options(num_gpus=gpus):
             yield
 
-    def submit(self, shards: list[ShardRef]) -> StageFutures:
-        """golden ‖ generate per shard, then complete; the runner resolves the futures passed
-        on, so a shard's completion starts when its own golden and generate shards are done."""
+    def run(self, shards: list[ShardRef]) -> Iterator[Finished]:
+        """Every shard's stage tasks, at most `execution.workers` submitted at once, each
+        yielded with its result (or the exception it failed with) as it ends.
+
+        A shard's completion is submitted only once its golden and generate shards are done:
+        a task submitted to wait for another would hold a worker thread while it waits, and
+        the threads left would starve generation. Ready completions go before new generation,
+        so shards finish (and are saved) early and the labelling chains of the first shards
+        run while later shards generate. With one worker the order is generate 1, complete 1,
+        generate 2, ... A shard whose golden or generate task failed is never completed
+        (`blocked`); every other shard still runs, so a resumed run has the least left to do."""
         config, total = self.config, len(shards)
-        futures: StageFutures = {Stage.GOLDEN: [], Stage.GENERATE: [], Stage.COMPLETE: []}
-        for ref in shards:
-            golden = None
+        starts: deque[tuple[Stage, int]] = deque()
+        for index in range(total):
             if config.golden.source == "model":
-                golden = self._submit(
-                    generate_task, Stage.GOLDEN, ref, total,
-                    name=Stage.GOLDEN, stage=config.golden, m=1, problems_ref=ref,
-                    serving=config.serving.for_stage(Stage.GOLDEN),
-                )  # fmt: skip
-                futures[Stage.GOLDEN].append(golden)
-            generated = self._submit(
-                generate_task, Stage.GENERATE, ref, total,
-                name=Stage.GENERATE, stage=config.generator, m=config.generator.M,
-                problems_ref=ref, serving=config.serving.for_stage(Stage.GENERATE),
-            )  # fmt: skip
-            futures[Stage.GENERATE].append(generated)
-            completed = self._submit(
+                starts.append((Stage.GOLDEN, index))
+            starts.append((Stage.GENERATE, index))
+        needs = 2 if config.golden.source == "model" else 1
+        inputs: dict[int, dict[Stage, PrefectFuture[ShardRef]]] = {i: {} for i in range(total)}
+        ready: list[int] = []  # shards whose completion can start, lowest first
+        in_flight: dict[PrefectFuture[ShardRef], tuple[Stage, int]] = {}
+        ended: queue.SimpleQueue[PrefectFuture[ShardRef]] = queue.SimpleQueue()
+        window = config.execution.workers
+
+        def start(stage: Stage, index: int) -> None:
+            future = self._stage_task(stage, shards[index], total, inputs[index])
+            in_flight[future] = (stage, index)
+            _when_done(future, ended.put)
+
+        while True:
+            while len(in_flight) < window and (ready or starts):
+                if ready:
+                    start(Stage.COMPLETE, heapq.heappop(ready))
+                else:
+                    start(*starts.popleft())
+            if not in_flight:
+                break
+            future = ended.get()
+            stage, index = in_flight.pop(future)
+            try:
+                result: ShardRef | BaseException = future.result()
+            except Exception as error:  # the task failed: its exception says why
+                result = error
+            if stage is not Stage.COMPLETE:
+                if isinstance(result, BaseException):
+                    self.blocked.add(index)
+                else:
+                    inputs[index][stage] = future
+                    if len(inputs[index]) == needs:
+                        heapq.heappush(ready, index)
+            yield Finished(stage, index, total, result)
+
+    def _stage_task(
+        self,
+        stage: Stage,
+        ref: ShardRef,
+        total: int,
+        inputs: dict[Stage, PrefectFuture[ShardRef]],
+    ) -> PrefectFuture[ShardRef]:
+        """Submit one stage task of one shard. A completion gets its (finished) input tasks'
+        futures: the runner resolves them at once, and the UI shows where its inputs came from."""
+        config = self.config
+        if stage is Stage.COMPLETE:
+            return self._submit(
                 complete_task, Stage.COMPLETE, ref, total,
-                completer=config.completer, problems_ref=ref, golden_ref=golden,
-                generated_ref=generated, serving=config.serving.for_stage(Stage.COMPLETE),
+                completer=config.completer, problems_ref=ref, golden_ref=inputs.get(Stage.GOLDEN),
+                generated_ref=inputs[Stage.GENERATE],
+                serving=config.serving.for_stage(Stage.COMPLETE),
             )  # fmt: skip
-            futures[Stage.COMPLETE].append(completed)
-        return futures
+        settings = config.golden if stage is Stage.GOLDEN else config.generator
+        return self._submit(
+            generate_task, stage, ref, total,
+            name=stage, stage=settings, m=1 if stage is Stage.GOLDEN else config.generator.M,
+            problems_ref=ref, serving=config.serving.for_stage(stage),
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Finished:
+    """One stage task of one shard that ended: its `ShardRef`, or the exception it failed with."""
+
+    stage: Stage
+    index: int
+    total: int
+    result: ShardRef | BaseException
+
+
+def _when_done(future: PrefectFuture[Any], callback: Callable[[Any], None]) -> None:
+    """Call `callback(future)` once the task ends, from whichever thread sees it end (at once
+    if it has). Prefect's futures for the API's task runs have their own hook for it."""
+    hook = getattr(future, "_add_prefect_done_callback", None) or future.add_done_callback
+    hook(callback)

@@ -11,14 +11,14 @@ then picks its own task runner from `execution` (threads, or Ray) and runs the c
 
 # No `from __future__ import annotations` here: Prefect builds the parameter model from the
 # flow's annotations, and a run loaded from the entrypoint cannot resolve them as strings.
+import contextlib
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
-from prefect.exceptions import UnfinishedRun
-from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from pydantic import ValidationError
 
@@ -27,7 +27,7 @@ from flows.endpoints import ensure_limits
 from flows.engines import run_engines
 from flows.lock import output_lock
 from flows.parameters import DEFAULTS, SECTIONS, run_config
-from flows.placement import StageFutures, Submitter, build_task_runner
+from flows.placement import Submitter, build_task_runner
 from flows.stages import failed, load_task, preflight_task, push_task, result_of, write_task
 from mshep.card import dataset_card, public_config
 from mshep.config import (
@@ -127,13 +127,15 @@ def _label(config: RunConfig, runner: Any, checks: str, started: float) -> dict[
     for failure in rejected:
         logger.warning("row not used: %s (%s)", failure.reason, failure.detail)
     logger.info("%d rows in, %d usable, %d shards", rows_in, rows_in - len(rejected), len(shards))
+    threading.Thread(target=_warm_imports, name="mshep-warm-imports", daemon=True).start()
     with runner, run_engines(config) as engines:  # engines: inside the runner's Ray
         submitter = Submitter(engines.config, runner)
-        futures = submitter.submit(shards)
-        progress = RunProgress(
-            {stage.value: len(pending) for stage, pending in futures.items() if pending}
-        )
-        refs = settle(futures, progress)  # every shard task ends; then a failed one fails the run
+        stages_run = [Stage.GENERATE, Stage.COMPLETE]
+        if config.golden.source == "model":
+            stages_run.insert(0, Stage.GOLDEN)
+        progress = RunProgress({stage.value: len(shards) for stage in stages_run})
+        # every shard task ends; then a failed one fails the run
+        refs = settle(submitter, shards, stages_run, progress)
         progress.finish()
         engine_stats = engines.infos()
     stages = _stages(refs, submitter.reused)
@@ -143,6 +145,14 @@ def _label(config: RunConfig, runner: Any, checks: str, started: float) -> dict[
     summary.checks = checks.splitlines()
     summary.engines = engine_stats
     return _finish(config, summary)
+
+
+def _warm_imports() -> None:
+    """Import what writing the outputs needs (pyarrow, fsspec: ~0.5 s) while the model works,
+    not after its last answer."""
+    with contextlib.suppress(Exception):
+        import fsspec  # noqa: F401
+        import pyarrow.parquet  # noqa: F401
 
 
 def _finish(config: RunConfig, summary: RunSummary) -> dict[str, Any]:
@@ -170,38 +180,31 @@ def _finish(config: RunConfig, summary: RunSummary) -> dict[str, Any]:
 CONSOLE: list[Callable[[str], None]] = []
 
 
-def settle(futures: StageFutures, progress: RunProgress) -> dict[Stage, list[ShardRef]]:
-    """Wait for every shard task, as they finish (progress moves with them), so each finished
-    one is saved; then, if any failed, fail the run naming the first cause: a run that lost rows
-    to the infrastructure never exits 0."""
-    where = {
-        future: (stage, index, len(pending))
-        for stage, pending in futures.items()
-        for index, future in enumerate(pending)
-    }
-    done: dict[Stage, dict[int, ShardRef]] = {stage: {} for stage in futures}
-    failed, waiting, requests, retries = [], 0, 0, 0
-    for future in as_completed(list(where)):
-        stage, index, total = where[future]
-        # The result, not `future.state`: a runner's future may not hold its final state, and
-        # the API's record of it can lag (seen with Ray).
-        try:
-            ref = done[stage][index] = future.result()
-        except UnfinishedRun:  # NotReady: a shard it reads failed
-            waiting += 1
+def settle(
+    submitter: Submitter, shards: list[ShardRef], stages: list[Stage], progress: RunProgress
+) -> dict[Stage, list[ShardRef]]:
+    """Run every shard task (`Submitter.run`) and take each as it finishes (progress moves
+    with them), so each finished one is saved; then, if any failed, fail the run naming the
+    first cause in shard order: a run that lost rows to the infrastructure never exits 0."""
+    done: dict[Stage, dict[int, ShardRef]] = {stage: {} for stage in stages}
+    failed: list[tuple[int, int, str]] = []
+    requests, retries = 0, 0
+    for end in submitter.run(shards):
+        if isinstance(end.result, BaseException):  # the task failed: its exception says why
+            where = f"{end.stage.value} shard {end.index + 1}/{end.total}"
+            failed.append((end.index, stages.index(end.stage), f"{where}: {end.result}"))
             continue
-        except Exception as error:  # the task failed: its exception says why
-            failed.append(f"{stage.value} shard {index + 1}/{total}: {error}")
-            continue
-        progress.shard_done(stage)
+        ref = done[end.stage][end.index] = end.result
+        progress.shard_done(end.stage)
         requests, retries = requests + ref.usage.requests, retries + ref.retries
         for show in CONSOLE:
             show(f"{progress.describe()}; {requests} requests, {retries} retries")
     if failed:
+        blocked = len(submitter.blocked)
         raise RunIncomplete(
-            f"{len(failed)} of {len(where)} shard tasks failed"
-            + (f" and {waiting} waited on them" if waiting else "")
-            + f" ({failed[0]}); finished shards are kept: run the same command to resume"
+            f"{len(failed)} of {len(shards) * len(stages) - blocked} shard tasks failed"
+            + (f" and {blocked} completion(s) could not start" if blocked else "")
+            + f" ({min(failed)[2]}); finished shards are kept: run the same command to resume"
         )
     return {stage: [refs[i] for i in sorted(refs)] for stage, refs in done.items()}
 

@@ -11,6 +11,7 @@ it) but not part of the key; secrets are never inputs.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -25,19 +26,21 @@ from mshep.completion import golden_answers, label_solutions, label_targets
 from mshep.config import CompleterConfig, ModelStage, RunConfig, ServingConfig
 from mshep.errors import MshepError
 from mshep.failures import RequestTally, ShardFailed, failed_share
-from mshep.formats import format_rows
+from mshep.formats import COLUMNS, format_rows
 from mshep.generation import generate_solutions
 from mshep.hub import push_dataset
-from mshep.io import read_records, write_dataset
+from mshep.io import DatasetWriter, read_records
 from mshep.loading import load_problems
 from mshep.records import KeyedSolution, LabelledSolution, Problem, Stage
 from mshep.shards import Layout, ShardRef, finish_shard, finished, write_question_shards
-from mshep.summary import RunSummary, StageSummary, label_counts, quality_report
+from mshep.summary import QualityTally, RunSummary, StageSummary
 
-TAGS = ["mshep"]
+# No task carries tags: Prefect checks a tagged task run against tag concurrency limits with an
+# API call (and a lease-renewal thread) when it starts, ~0.2 s a task on a busy server. The flow
+# run has the deployment's tags; task names (`generate shard 3/8`) say the rest.
 
 
-@task(name="preflight", tags=TAGS)
+@task(name="preflight")
 def preflight_task(config: RunConfig) -> str:
     """Endpoints, dataset columns, output and tokens, before any model call. A problem found
     is the task's Failed state with its one-line message (no traceback: it is not a bug)."""
@@ -60,7 +63,7 @@ def result_of(state: State[Any]) -> Any:
     return state.result()
 
 
-@task(name="load questions", tags=[*TAGS, Stage.LOAD.value])
+@task(name="load questions")
 def load_task(config: RunConfig) -> Any:
     """Not cached: the input is read fresh each run; shards whose questions did not change keep
     their paths and digests, so their downstream tasks hit the cache. Returns rows in, shards,
@@ -81,7 +84,7 @@ def load_task(config: RunConfig) -> Any:
 SHARD_CACHE = (INPUTS - "serving" - "reuse") + TASK_SOURCE
 
 
-@task(name="generate", cache_policy=SHARD_CACHE, persist_result=True, tags=TAGS)
+@task(name="generate", cache_policy=SHARD_CACHE, persist_result=True)
 def generate_task(
     name: Stage,
     stage: ModelStage,
@@ -136,7 +139,7 @@ def _retries(client: Any) -> int:
     return int(getattr(stats, "retries", 0))
 
 
-@task(name="complete", cache_policy=SHARD_CACHE, persist_result=True, tags=TAGS)
+@task(name="complete", cache_policy=SHARD_CACHE, persist_result=True)
 def complete_task(
     completer: CompleterConfig,
     problems_ref: ShardRef,
@@ -176,29 +179,43 @@ def complete_task(
     )
 
 
-@task(name="write outputs", tags=[*TAGS, Stage.WRITE.value])
+@task(name="write outputs")
 def write_task(
     config: RunConfig, complete_refs: list[ShardRef], stages: dict[str, StageSummary]
 ) -> dict[str, Any]:
-    """Every format from every completion shard, in shard order, and the quality report."""
-    labelled = [item for ref in complete_refs for item in read_records(ref.path, LabelledSolution)]
+    """Every format from every completion shard, shard by shard in shard order (one shard's
+    rows in memory at a time), and the quality report."""
     layout = Layout.of(config)
-    written: dict[str, Any] = {"outputs": {}, "rows_out": {}, "rows_dropped": {}}
-    for name in config.output.formats:
-        out = format_rows(labelled, name)
-        directory = layout.format_dir(name)
-        written["outputs"][name] = (
-            write_dataset(out.rows, directory, config.output) if out.rows else []
-        )
-        written["rows_out"][name] = len(out.rows)
-        written["rows_dropped"][name] = dict(out.dropped)
-    written["labels"] = label_counts(labelled)
-    written["problems_labelled"] = len({item.problem_id for item in labelled})
-    written["quality"] = quality_report(labelled, stages)
-    return written
+    writers = {
+        name: DatasetWriter(layout.format_dir(name), config.output, COLUMNS[name])
+        for name in config.output.formats
+    }
+    dropped: dict[str, Counter[str]] = {name: Counter() for name in writers}
+    tally = QualityTally()
+    try:
+        for ref in complete_refs:
+            labelled = read_records(ref.path, LabelledSolution)
+            for name, writer in writers.items():
+                out = format_rows(labelled, name)
+                writer.write(out.rows)
+                dropped[name].update(out.dropped)
+            tally.add(labelled)
+        outputs = {name: writer.close() for name, writer in writers.items()}
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        raise
+    return {
+        "outputs": outputs,
+        "rows_out": {name: writer.rows for name, writer in writers.items()},
+        "rows_dropped": {name: dict(counts) for name, counts in dropped.items()},
+        "labels": tally.label_counts(),
+        "problems_labelled": len(tally.problems),
+        "quality": tally.report(stages),
+    }
 
 
-@task(name="push to hub", retries=2, retry_delay_seconds=10, tags=TAGS)
+@task(name="push to hub", retries=2, retry_delay_seconds=10)
 def push_task(config: RunConfig, summary: RunSummary, card: str) -> str:
     """The token is read here, in the task, never passed to it: task inputs reach the API."""
     return push_dataset(config, summary, card, hub_token(config.output))

@@ -126,6 +126,37 @@ def to_raw_row(item: LabelledSolution) -> dict[str, Any]:
 
 _WRITERS = {"math_shepherd": to_math_shepherd_row, "trl": to_trl_row, "raw": to_raw_row}
 
+# Each format's columns and their types, fixed: files are written shard by shard, and a shard
+# where a column happens to be all null (no bad step, no soft value) must not decide its type.
+COLUMNS: dict[FormatName, dict[str, str]] = {
+    "math_shepherd": {"input": "string", "label": "string"},
+    "trl": {"prompt": "string", "completions": "list<string>", "labels": "list<bool>"},
+    "raw": {
+        "problem_id": "string",
+        "question": "string",
+        "golden_answer": "string",
+        "solution_index": "int64",
+        "steps": "list<string>",
+        "answer": "string",
+        "hard_labels": "list<string>",
+        "soft_labels": "list<float64>",
+        "valid_rollouts": "list<int64>",
+        "correct_rollouts": "list<int64>",
+        "rollouts": "list<int64>",
+        "label_sources": "list<string>",
+        "first_bad_step": "int64",
+        "has_unknown": "bool",
+        "strategy": "string",
+        "generator_model": "string",
+        "completer_model": "string",
+        "generation_prompt_tokens": "int64",
+        "generation_completion_tokens": "int64",
+        "completion_requests": "int64",
+        "completion_prompt_tokens": "int64",
+        "completion_completion_tokens": "int64",
+    },
+}
+
 
 def format_rows(items: Iterable[LabelledSolution], name: FormatName) -> Formatted:
     """Rows of one format; rows the training formats cannot hold are counted by reason."""

@@ -1,6 +1,6 @@
 """Storage: files on fsspec paths (local or s3://): shard records written whole or not at all,
 the output datasets, JSON and text. What cannot be written is one `OutputError` naming the path
-(datasets in: `mshep.loading`). fsspec and datasets are imported inside the functions.
+(datasets in: `mshep.loading`). fsspec and pyarrow are imported inside the functions.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import hashlib
 import json
 import posixpath
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -74,26 +74,134 @@ def exists(path: str) -> bool:
     return bool(fs.exists(target))
 
 
-def write_dataset(rows: list[dict[str, Any]], directory: str, output: OutputConfig) -> list[str]:
-    """One format's rows as `data.parquet` / `data.jsonl` under `directory`."""
-    import datasets
-    import fsspec
+ROW_GROUP = 4096  # rows held before they are written: one parquet row group
 
-    datasets.disable_progress_bars()  # one bar per file is noise in flow logs
-    table = datasets.Dataset.from_list(rows)
-    with _writing(directory):
-        fs, _, (base,) = fsspec.get_fs_token_paths(directory)
-        fs.makedirs(base, exist_ok=True)
-    written = []
-    for file_type in output.file_types:
-        path = f"{directory.rstrip('/')}/data.{file_type}"
-        with _writing(path):
+
+class DatasetWriter:
+    """One format's rows as `data.parquet` / `data.jsonl` under `directory`, written batch by
+    batch as shards are read: at most `ROW_GROUP` rows are held, never the dataset. `columns`
+    (name → type, `mshep.formats.COLUMNS`) fixes the schema; without it the first batch's is
+    used. Each file is written as `<file>.partial` and moved into place by `close`, so a write
+    that fails leaves no half file and an earlier dataset in place. No row written: no file."""
+
+    def __init__(
+        self, directory: str, output: OutputConfig, columns: dict[str, str] | None = None
+    ) -> None:
+        self.directory = directory.rstrip("/")
+        self.file_types = list(output.file_types)
+        self.columns = columns
+        self.rows = 0
+        self._held: list[dict[str, Any]] = []
+        self._schema: Any = None
+        self._files: dict[str, Any] = {}  # file type -> (path, open handle, parquet writer)
+
+    def __enter__(self) -> DatasetWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None:
+            self.abort()
+
+    def path(self, file_type: str) -> str:
+        return f"{self.directory}/data.{file_type}"
+
+    def write(self, rows: Iterable[dict[str, Any]]) -> None:
+        self._held.extend(rows)
+        if len(self._held) >= ROW_GROUP:
+            self._flush()
+
+    def close(self) -> list[str]:
+        """Write what is held, move every file into place; the paths written."""
+        self._flush()
+        import fsspec
+
+        written = []
+        for path, handle, parquet in self._files.values():
+            with _writing(path):
+                if parquet is not None:
+                    parquet.close()
+                handle.close()
+                fs, _, (target,) = fsspec.get_fs_token_paths(path)
+                fs.mv(target + ".partial", target)
+            written.append(path)
+        self._files = {}
+        return written
+
+    def abort(self) -> None:
+        """Close and remove the partial files (best effort: the error that got here matters)."""
+        import fsspec
+
+        for path, handle, parquet in self._files.values():
+            with suppress(Exception):
+                if parquet is not None:
+                    parquet.close()
+            with suppress(Exception):
+                handle.close()
+                fs, _, (target,) = fsspec.get_fs_token_paths(path)
+                fs.rm(target + ".partial")
+        self._files = {}
+
+    def _flush(self) -> None:
+        if not self._held:
+            return
+        import pyarrow as pa
+
+        rows, self._held = self._held, []
+        if self._schema is None:
+            self._schema = (
+                pa.schema([(name, _arrow_type(kind)) for name, kind in self.columns.items()])
+                if self.columns
+                else pa.Table.from_pylist(rows).schema
+            )
+        table = pa.Table.from_pylist(rows, schema=self._schema)
+        for file_type in self.file_types:
+            path = self.path(file_type)
+            with _writing(path):
+                _, handle, parquet = self._open(file_type)
+                if parquet is not None:
+                    parquet.write_table(table)
+                else:
+                    handle.write("".join(_json_line(row) for row in rows))
+        self.rows += len(rows)
+
+    def _open(self, file_type: str) -> Any:
+        if file_type not in self._files:
+            import fsspec
+            import pyarrow.parquet as pq
+
+            with _writing(self.directory):
+                fs, _, (base,) = fsspec.get_fs_token_paths(self.directory)
+                fs.makedirs(base, exist_ok=True)
+            path = self.path(file_type)
             if file_type == "parquet":
-                table.to_parquet(path)
+                handle = fsspec.open(path + ".partial", "wb").open()
+                writer = pq.ParquetWriter(handle, self._schema)
             else:
-                table.to_json(path, lines=True, force_ascii=False)
-        written.append(path)
-    return written
+                handle = fsspec.open(path + ".partial", "w", encoding="utf-8").open()
+                writer = None
+            self._files[file_type] = (path, handle, writer)
+        return self._files[file_type]
+
+
+def _json_line(row: dict[str, Any]) -> str:
+    return json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n"
+
+
+def _arrow_type(kind: str) -> Any:
+    """'string', 'int64', 'float64', 'bool', 'list<…>' as a pyarrow type."""
+    import pyarrow as pa
+
+    if kind.startswith("list<") and kind.endswith(">"):
+        return pa.list_(_arrow_type(kind[5:-1]))
+    scalars = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64()}
+    return scalars[kind] if kind != "bool" else pa.bool_()
+
+
+def write_dataset(rows: list[dict[str, Any]], directory: str, output: OutputConfig) -> list[str]:
+    """One format's rows, all at once (`DatasetWriter` with the first rows' schema)."""
+    with DatasetWriter(directory, output) as writer:
+        writer.write(rows)
+        return writer.close()
 
 
 def write_json(path: str, data: Any) -> None:

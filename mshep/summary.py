@@ -5,7 +5,7 @@ references the stage tasks return and, for the report, the labelled solutions.""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -87,34 +87,66 @@ def _rate(labels: int, tokens: int) -> float | None:
     return round(1000 * labels / tokens, 3) if tokens else None
 
 
+class QualityTally:
+    """What the quality report counts, added shard by shard: the labelled solutions themselves
+    are not kept (a 10,000-question run's would not fit the memory the run is allowed)."""
+
+    def __init__(self) -> None:
+        self.solutions = self.steps = self.known = self.prefixes = self.rollouts = 0
+        self.strategies: Counter[str] = Counter()
+        self.sources: Counter[str] = Counter()
+        self.firsts: Counter[int | None] = Counter()
+        self.hard: Counter[str] = Counter()
+        self.problems: set[str] = set()
+
+    def add(self, labelled: Iterable[LabelledSolution]) -> None:
+        for item in labelled:
+            self.solutions += 1
+            self.problems.add(item.problem_id)
+            self.strategies[item.strategy] += 1
+            self.firsts[item.first_bad_step] += 1
+            for label in item.labels:
+                self.steps += 1
+                self.known += label.hard is not Hard.UNKNOWN
+                self.prefixes += label.rollouts > 0
+                self.rollouts += label.rollouts
+                self.sources[label.source.value] += 1
+                self.hard[label.hard.value] += 1
+
+    def label_counts(self) -> dict[str, int]:
+        return {hard.value: self.hard.get(hard.value, 0) for hard in Hard}
+
+    def report(self, stages: Mapping[str, StageSummary]) -> QualityReport:
+        """`stages`: the per-stage summaries (the completion stage named "complete")."""
+        complete = stages.get(COMPLETION_STAGE, StageSummary())
+        known = self.known
+        return QualityReport(
+            solutions=self.solutions,
+            steps=self.steps,
+            strategies=dict(self.strategies),
+            requests={name: stage.requests for name, stage in stages.items()},
+            completion_tokens={name: stage.completion_tokens for name, stage in stages.items()},
+            prefixes_evaluated=self.prefixes,
+            rollouts_requested=self.rollouts,
+            labels_known=known,
+            labels_per_1k_completion_tokens=_rate(known, complete.completion_tokens),
+            labels_per_1k_tokens_overall=_rate(
+                known, sum(stage.completion_tokens for stage in stages.values())
+            ),
+            steps_by_source={s.value: self.sources.get(s.value, 0) for s in LabelSource},
+            unknown_share=round((self.steps - known) / self.steps, 6) if self.steps else 0.0,
+            first_bad_step={k: v for k, v in self.firsts.items() if k is not None},
+            no_bad_step=self.firsts.get(None, 0),
+        )
+
+
 def quality_report(
-    labelled: Sequence[LabelledSolution], stages: Mapping[str, StageSummary]
+    labelled: Iterable[LabelledSolution], stages: Mapping[str, StageSummary]
 ) -> QualityReport:
-    """The report of a run: `labelled` every labelled solution, `stages` the per-stage summaries
-    (the completion stage named "complete")."""
-    labels = [label for item in labelled for label in item.labels]
-    known = sum(1 for label in labels if label.hard is not Hard.UNKNOWN)
-    sources = Counter(label.source.value for label in labels)
-    firsts = Counter(item.first_bad_step for item in labelled)
-    complete = stages.get(COMPLETION_STAGE, StageSummary())
-    return QualityReport(
-        solutions=len(labelled),
-        steps=len(labels),
-        strategies=dict(Counter(item.strategy for item in labelled)),
-        requests={name: stage.requests for name, stage in stages.items()},
-        completion_tokens={name: stage.completion_tokens for name, stage in stages.items()},
-        prefixes_evaluated=sum(1 for label in labels if label.rollouts > 0),
-        rollouts_requested=sum(label.rollouts for label in labels),
-        labels_known=known,
-        labels_per_1k_completion_tokens=_rate(known, complete.completion_tokens),
-        labels_per_1k_tokens_overall=_rate(
-            known, sum(stage.completion_tokens for stage in stages.values())
-        ),
-        steps_by_source={source.value: sources.get(source.value, 0) for source in LabelSource},
-        unknown_share=round((len(labels) - known) / len(labels), 6) if labels else 0.0,
-        first_bad_step={k: v for k, v in firsts.items() if k is not None},
-        no_bad_step=firsts.get(None, 0),
-    )
+    """The report of a run from every labelled solution at once (`QualityTally` adds them up)."""
+    tally = QualityTally()
+    tally.add(labelled)
+    return tally.report(stages)
 
 
 class RunSummary(BaseModel):
@@ -203,11 +235,6 @@ def stage_summary(refs: Iterable[ShardRef]) -> StageSummary:
         failed_requests=dict(failed_requests),
         resampled=resampled,
     )
-
-
-def label_counts(items: Iterable[LabelledSolution]) -> dict[str, int]:
-    counts = Counter(label.hard.value for item in items for label in item.labels)
-    return {hard.value: counts.get(hard.value, 0) for hard in Hard}
 
 
 def count_reasons(failures: Iterable[Failure]) -> dict[str, int]:

@@ -5,6 +5,7 @@ source that is not a data file named; records written and read back, a failed wr
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -299,16 +300,53 @@ def test_a_failed_dataset_write_names_the_path_and_the_cause(tmp_path: Path) -> 
 def test_a_dataset_file_that_cannot_be_written_is_named(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The directory is fine but the file write fails (a full disk): the file is named."""
-    import datasets
+    """The directory is fine but the file write fails (a full disk): the file is named, no
+    half file is left, and the dataset an earlier run wrote there is still whole."""
+    import pyarrow.parquet as pq
+
+    directory = str(tmp_path / "trl")
+    write_dataset([{"prompt": "old"}], directory, OutputConfig())
+    before = {p.name: p.read_bytes() for p in (tmp_path / "trl").iterdir()}
 
     def full(*args: object, **kwargs: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(datasets.Dataset, "to_parquet", full)
-    directory = str(tmp_path / "trl")
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", full)
     with pytest.raises(OutputError) as error:
         write_dataset([{"prompt": "q?"}], directory, OutputConfig())
     assert str(error.value) == (
         f"cannot write {directory}/data.parquet: OSError: [Errno 28] No space left on device"
     )
+    assert {p.name: p.read_bytes() for p in (tmp_path / "trl").iterdir()} == before
+
+
+def test_a_dataset_written_batch_by_batch_has_its_declared_columns(tmp_path: Path) -> None:
+    """Rows come shard by shard; a first shard where a column is all null (no bad step) does
+    not decide its type, and nothing is in place before `close`."""
+    import pyarrow.parquet as pq
+
+    from mshep.io import ROW_GROUP, DatasetWriter
+
+    columns = {"id": "string", "first_bad_step": "int64", "soft": "list<float64>"}
+    directory = str(tmp_path / "raw")
+    with DatasetWriter(directory, OutputConfig(), columns) as writer:
+        writer.write([{"id": "a", "first_bad_step": None, "soft": [None, 1.0]}] * ROW_GROUP)
+        writer.write([{"id": "b", "first_bad_step": 2, "soft": [0.5]}])
+        assert not (tmp_path / "raw" / "data.parquet").exists()  # only the .partial so far
+        paths = writer.close()
+    assert paths == [f"{directory}/data.parquet", f"{directory}/data.jsonl"]
+    table = pq.read_table(paths[0])
+    assert str(table.schema.field("first_bad_step").type) == "int64"
+    assert table.num_rows == ROW_GROUP + 1 and writer.rows == ROW_GROUP + 1
+    lines = (tmp_path / "raw" / "data.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1]) == {"id": "b", "first_bad_step": 2, "soft": [0.5]}
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["data.jsonl", "data.parquet"]
+
+
+def test_a_writer_that_gets_no_row_writes_no_file(tmp_path: Path) -> None:
+    from mshep.io import DatasetWriter
+
+    with DatasetWriter(str(tmp_path / "trl"), OutputConfig(), {"prompt": "string"}) as writer:
+        writer.write([])
+        assert writer.close() == []
+    assert not (tmp_path / "trl").exists()

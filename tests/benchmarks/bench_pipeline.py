@@ -79,9 +79,22 @@ def main() -> None:
     parser.add_argument("--driver", choices=["stream", "waves"], default="stream")
     parser.add_argument("--workers", type=int, default=None, help="execution.workers (threads)")
     parser.add_argument("--labelling-only", action="store_true", help="label without the flow")
+    parser.add_argument(
+        "--timeline", action="store_true", help="print the slots in use, per second of the run"
+    )
+    parser.add_argument(
+        "--cli",
+        action="store_true",
+        help="run `mshep run` as a user would (its own temporary Prefect server): process wall, "
+        "flow wall, peak RSS of its process tree; beyond 1,319 questions the GSM8K test rows "
+        "are repeated (each repeat a new row, so a new id)",
+    )
     args = parser.parse_args()
     if args.labelling_only:
         labelling_only(args)
+        return
+    if args.cli:
+        cli_run(args)
         return
     if args.driver == "waves":
         from mshep.backends.http import HttpBackend
@@ -114,9 +127,12 @@ def main() -> None:
                     | ({"workers": args.workers} if args.workers else {}),
                 }
             )
+            sampler = Sampler(base_url, simulator.pid) if args.timeline else None
             started = time.monotonic()
             summary = run_flow(config)
             wall = time.monotonic() - started
+            if sampler:
+                sampler.stop()
         served = stats(base_url)
     finally:
         simulator.terminate()
@@ -144,6 +160,155 @@ def main() -> None:
         "workers": config.execution.workers,
     }
     print(json.dumps(report, indent=2))
+    if sampler:
+        sampler.show(args.slots)
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of a process and all its descendants, from /proc (Linux)."""
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            total += 1024 * int(status.split("VmRSS:")[1].split()[0]) if "VmRSS:" in status else 0
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+        except (OSError, IndexError, ValueError):
+            continue  # it ended while we looked
+    return total
+
+
+def cli_run(args: argparse.Namespace) -> None:
+    """`mshep run` in a subprocess against the simulator: what a user waits for, and the most
+    memory its process tree (the CLI, the flow, the temporary Prefect server) held at once."""
+    with tempfile.TemporaryDirectory() as work:
+        data = DATA
+        if args.questions > 1319:
+            data = Path(work) / "questions.jsonl"
+            lines = DATA.read_text(encoding="utf-8").splitlines()
+            with data.open("w", encoding="utf-8") as rows:
+                for i in range(args.questions):
+                    rows.write(lines[i % len(lines)] + "\n")
+        simulator, base_url = start_simulator(args)
+        out = Path(work) / "out"
+        command = [
+            sys.executable, "-m", "mshep.cli", "run", "--dataset", str(data),
+            "--limit", str(args.questions), "--base-url", base_url, "--model", "sim",
+            "-M", str(args.M), "-N", str(args.N), "--strategy", args.strategy,
+            "--output", str(out), "--shard-size", str(args.shard_size),
+        ]  # fmt: skip
+        if args.workers:
+            command += ["--set", f"execution.workers={args.workers}"]
+        if args.no_witness:
+            command += ["--set", "completer.witness=false"]
+        env = {**os.environ, "PREFECT_LOGGING_LEVEL": "WARNING"}
+        try:
+            started = time.monotonic()
+            process = subprocess.Popen(
+                command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+            peak = 0
+            while process.poll() is None:
+                peak = max(peak, tree_rss(process.pid))
+                time.sleep(0.1)
+            wall = time.monotonic() - started
+            stdout, stderr = process.communicate()
+            served = stats(base_url)
+        finally:
+            simulator.terminate()
+            simulator.wait(timeout=10)
+        if process.returncode != 0:
+            raise SystemExit(f"mshep run failed ({process.returncode}): {stderr[-2000:]}")
+        summary = json.loads(stdout)
+        ideal = served["busy_slot_seconds"] / served["slots"]
+        flow_wall = summary["wall_time_s"]
+        report = {
+            "questions": args.questions,
+            "M": args.M,
+            "N": args.N,
+            "shard_size": args.shard_size,
+            "requests": served["requests"],
+            "completion_tokens": served["completion_tokens"],
+            "rows_in": summary["rows_in"],
+            "rows_labelled": summary["rows_labelled"],
+            "rows_out": summary["rows_out"],
+            "process_wall_s": round(wall, 2),
+            "flow_wall_s": flow_wall,
+            "ideal_s": round(ideal, 2),
+            "efficiency_flow": round(ideal / flow_wall, 3),
+            "efficiency_process": round(ideal / wall, 3),
+            "process_over_flow": round(wall / flow_wall, 3),
+            "peak_rss_mib": round(peak / 2**20, 1),
+        }
+        print(json.dumps(report, indent=2))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process so far, from /proc (Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found.extend(int(c) for c in (task / "children").read_text().split())
+    return found
+
+
+class Sampler:
+    """Polls the simulator's slots in use every 50 ms from a thread, and the CPU each process
+    used: where the run leaves the model idle (start-up, gaps, the tail) and who had the CPU."""
+
+    def __init__(self, base_url: str, simulator: int) -> None:
+        import threading
+
+        self.base_url = base_url
+        self.samples: list[tuple[float, float]] = []
+        self.cpu: list[tuple[float, dict[str, float]]] = []
+        self.processes = {"flow": os.getpid(), "simulator": simulator}
+        for child in children(os.getpid()):
+            if child != simulator:
+                self.processes[f"prefect server ({child})"] = child
+        self.started = time.monotonic()
+        self.halt = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+
+    def _poll(self) -> None:
+        while not self.halt.wait(0.05):
+            in_flight = stats(self.base_url)["in_flight"]
+            now = time.monotonic() - self.started
+            self.samples.append((now, in_flight))
+            if not self.cpu or now - self.cpu[-1][0] >= 1.0:
+                self.cpu.append((now, {k: cpu_seconds(p) for k, p in self.processes.items()}))
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.thread.join()
+
+    def show(self, slots: int) -> None:
+        """One line per second: the mean share of slots in use, as a bar, then the CPU share
+        of each process in that second."""
+        began = time.time() - (time.monotonic() - self.started)
+        print("slots in use, per second from", time.strftime("%H:%M:%S", time.localtime(began)))
+        print("   s  slots  cpu: " + ", ".join(self.processes))
+        for second in range(int(self.samples[-1][0]) + 1 if self.samples else 0):
+            window = [n for t, n in self.samples if second <= t < second + 1]
+            share = sum(window) / len(window) / slots if window else 0.0
+            used = ""
+            if second + 1 < len(self.cpu):
+                (t0, a), (t1, b) = self.cpu[second], self.cpu[second + 1]
+                used = " ".join(f"{(b[k] - a[k]) / (t1 - t0):4.2f}" for k in a)
+            print(f"{second:4d}s {share:5.2f} {'#' * round(share * 20):20s} {used}")
+        if len(self.cpu) >= 2:
+            first, last = self.cpu[0][1], self.cpu[-1][1]
+            total = {k: round(last[k] - first[k], 1) for k in first}
+            print("cpu seconds over the run:", json.dumps(total))
 
 
 class Waves:

@@ -1,0 +1,136 @@
+"""The order in which the flow submits its shard tasks (`flows.placement.Submitter.run`).
+
+A runner stand-in runs each submitted task on a pool of threads (as Prefect's threads runner
+does) and records what was submitted when, so the tests read the schedule, not the clock:
+a completion is submitted only once its shard's inputs are done (never to wait on a worker),
+ready completions go before new generation, no more than `execution.workers` tasks are out at
+once, and a shard whose input failed is never completed while every other shard still runs.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flows.placement import Submitter
+from mshep.config import RunConfig
+from mshep.records import Stage
+from mshep.shards import ShardRef
+
+
+class FakeFuture:
+    """The part of a Prefect future the submitter uses."""
+
+    def __init__(self, inner: concurrent.futures.Future[ShardRef]) -> None:
+        self.inner = inner
+
+    def add_done_callback(self, fn: Any) -> None:
+        self.inner.add_done_callback(lambda _: fn(self))
+
+    def result(self) -> ShardRef:
+        return self.inner.result()
+
+
+class Runner:
+    """Runs a stage task's stand-in on `threads` threads; records submissions and the most
+    tasks out at once. `fail` names (stage, shard) pairs whose task raises."""
+
+    def __init__(self, threads: int, fail: set[tuple[str, int]] = frozenset()) -> None:  # type: ignore[assignment]
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads)
+        self.fail = fail
+        self.log: list[tuple[str, int]] = []
+        self.out = self.most_out = 0
+        self.lock = threading.Lock()
+
+    def submit(self, task: Any, parameters: dict[str, Any]) -> FakeFuture:
+        stage = task.name
+        shard = parameters["problems_ref"].shard
+        if stage == "complete":  # its inputs are finished futures, resolved at once
+            inputs = [parameters["generated_ref"], parameters["golden_ref"]]
+            assert all(f is None or f.inner.done() for f in inputs), "submitted to wait"
+        with self.lock:
+            self.log.append((stage, shard))
+            self.out += 1
+            self.most_out = max(self.most_out, self.out)
+        return FakeFuture(self.pool.submit(self._run, stage, shard))
+
+    def _run(self, stage: str, shard: int) -> ShardRef:
+        try:
+            if (stage, shard) in self.fail:
+                raise RuntimeError(f"{stage} {shard} broke")
+            return ShardRef(stage=stage, shard=shard, path=f"/x/{stage}-{shard}")
+        finally:
+            with self.lock:
+                self.out -= 1
+
+
+def config(tmp_path: Path, workers: int, golden: str = "reference") -> RunConfig:
+    return RunConfig.model_validate(
+        {
+            "dataset": {"source": "x.jsonl"},
+            "golden": {"source": golden, "model": "strong"},
+            "generator": {"model": "weak"},
+            "completer": {"model": "weak"},
+            "output": {"path": str(tmp_path)},
+            "execution": {"workers": workers},
+        }
+    )
+
+
+def shards(n: int) -> list[ShardRef]:
+    return [ShardRef(stage="load", shard=i, path=f"/x/load-{i}", digest=str(i)) for i in range(n)]
+
+
+def run(tmp_path: Path, runner: Runner, n: int, workers: int, golden: str = "reference") -> Any:
+    submitter = Submitter(config(tmp_path, workers, golden), runner)  # type: ignore[arg-type]
+    ended = list(submitter.run(shards(n)))
+    return submitter, ended
+
+
+def test_one_worker_runs_each_shard_through_before_the_next(tmp_path: Path) -> None:
+    runner = Runner(threads=1)
+    _, ended = run(tmp_path, runner, 3, workers=1)
+    order = [("generate", 0), ("complete", 0), ("generate", 1), ("complete", 1)]
+    assert runner.log == [*order, ("generate", 2), ("complete", 2)]
+    assert [(e.stage.value, e.index) for e in ended] == runner.log
+    assert all(isinstance(e.result, ShardRef) for e in ended)
+
+
+def test_golden_and_generate_both_finish_before_the_completion(tmp_path: Path) -> None:
+    runner = Runner(threads=1)
+    run(tmp_path, runner, 2, workers=1, golden="model")
+    assert runner.log == [
+        ("golden", 0), ("generate", 0), ("complete", 0),
+        ("golden", 1), ("generate", 1), ("complete", 1),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("workers", [2, 3, 8])
+def test_never_more_tasks_out_than_workers_and_ready_completions_go_first(
+    tmp_path: Path, workers: int
+) -> None:
+    runner = Runner(threads=workers)
+    _, ended = run(tmp_path, runner, 12, workers=workers)
+    assert runner.most_out <= workers
+    assert sorted((e.stage.value, e.index) for e in ended) == sorted(
+        (stage, i) for stage in ("generate", "complete") for i in range(12)
+    )
+    # When a task ends, a completion made ready by it is the next one submitted: so no
+    # completion is ever submitted later than `workers` submissions after its generation.
+    for i in range(12):
+        assert runner.log.index(("complete", i)) - runner.log.index(("generate", i)) <= workers
+
+
+def test_a_failed_input_blocks_only_its_own_completion(tmp_path: Path) -> None:
+    runner = Runner(threads=2, fail={("generate", 1), ("golden", 3)})
+    submitter, ended = run(tmp_path, runner, 5, workers=2, golden="model")
+    assert submitter.blocked == {1, 3}
+    completed = {e.index for e in ended if e.stage is Stage.COMPLETE}
+    assert completed == {0, 2, 4}
+    failed = {(e.stage.value, e.index) for e in ended if isinstance(e.result, BaseException)}
+    assert failed == {("generate", 1), ("golden", 3)}
+    assert ("generate", 3) in runner.log and ("golden", 1) in runner.log  # siblings still ran
