@@ -148,11 +148,15 @@ def _label(config: RunConfig, runner: Any, checks: str, started: float) -> dict[
 
 
 def _warm_imports() -> None:
-    """Import what writing the outputs needs (pyarrow, fsspec: ~0.5 s) while the model works,
-    not after its last answer."""
+    """Import what writing the outputs needs (fsspec, pyarrow, and pandas, which pyarrow
+    imports on its first array: ~1 s together) while the model works, not after its last
+    answer."""
     with contextlib.suppress(Exception):
         import fsspec  # noqa: F401
-        import pyarrow.parquet  # noqa: F401
+        import pyarrow as pa
+        import pyarrow.parquet
+
+        pa.array([0])
 
 
 def _finish(config: RunConfig, summary: RunSummary) -> dict[str, Any]:

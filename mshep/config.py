@@ -82,7 +82,14 @@ class ServingConfig(Section):
     completer_token_env: str | None = Field(
         default=None, description="The completer's server token variable, when not token_env."
     )
-    concurrency: int = Field(default=64, ge=1, le=4096, description="Requests in flight at once.")
+    concurrency: int = Field(
+        default=64,
+        ge=1,
+        le=4096,
+        description="Requests in flight at once to one endpoint from one process, shared by "
+        "every stage task there (labelling served first). Set it a little above what the "
+        "server decodes at once (vLLM's max_num_seqs), so it always has the next request.",
+    )
     timeout_s: float = Field(default=300.0, gt=0, description="Per-request timeout, seconds.")
     max_retries: int = Field(default=6, ge=0, le=20, description="Retries on 429/5xx/timeouts.")
     supports_n: bool = Field(
@@ -94,7 +101,7 @@ class ServingConfig(Section):
         le=65536,
         description="Requests in flight to one endpoint across every task and every run (a "
         "Prefect global concurrency limit named after the endpoint); a task holds "
-        "min(concurrency, limit) slots while it runs. Unset: each task bounds only its own.",
+        "min(concurrency, limit) slots while it runs. Unset: each process bounds only its own.",
     )
     max_failed_share: float = Field(
         default=0.0,

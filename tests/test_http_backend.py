@@ -524,3 +524,61 @@ def test_a_token_read_from_a_secret_store_is_sent_and_kept_out_of_repr_and_pickl
     assert server.seen[0].headers.get("authorization") == "Bearer sk-from-block"
     assert "sk-from-block" not in repr(backend)
     assert b"sk-from-block" not in pickle.dumps(backend)
+
+
+# --- one bound per endpoint in a process ----------------------------------------------------
+
+
+def test_tasks_in_threads_share_one_bound_per_endpoint(
+    serve: Callable[..., ScriptedServer],
+) -> None:
+    """Four stage tasks in four threads, each with its own backend: together they never have
+    more than `concurrency` requests at the server (a bound per task would allow 4 × 6)."""
+    server = serve(lambda seen: Step(delay_s=0.1))
+    results: list[list[Any]] = []
+
+    def task(index: int) -> None:
+        results.append(
+            run(backend_for(server, concurrency=6), [ask(f"t{index}-{i}") for i in range(12)])
+        )
+
+    threads = [threading.Thread(target=task, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(results) == 4 and all(r.error is None for batch in results for r in batch)
+    assert server.max_in_flight == 6
+    assert len(server.posts()) == 48
+
+
+def test_a_freed_slot_goes_to_labelling_before_generation() -> None:
+    """The slots themselves: waiters of priority LABELLING are served before GENERATION ones
+    that came earlier; a cancelled waiter passes its turn on."""
+    import asyncio
+
+    from mshep.backends.http import GENERATION, LABELLING, _Slots
+
+    async def scenario() -> list[str]:
+        slots, order = _Slots(1), []
+        await slots.acquire(GENERATION)  # the one slot is busy
+
+        async def wait(name: str, priority: int) -> None:
+            await slots.acquire(priority)
+            order.append(name)
+            slots.release()
+
+        waiting = [
+            asyncio.create_task(wait("generate-1", GENERATION)),
+            asyncio.create_task(wait("generate-2", GENERATION)),
+            asyncio.create_task(wait("cancelled", LABELLING)),
+            asyncio.create_task(wait("label", LABELLING)),
+        ]
+        await asyncio.sleep(0.01)  # all four queued
+        waiting[2].cancel()
+        slots.release()
+        await asyncio.gather(*waiting, return_exceptions=True)
+        assert slots.free == 1 and not slots.waiting
+        return order
+
+    assert asyncio.run(scenario()) == ["label", "generate-1", "generate-2"]

@@ -1,12 +1,20 @@
 """Network: chat completions from an OpenAI-compatible server or Hugging Face Inference Providers.
 
-`HttpBackend.generate` sends a whole batch from one asyncio loop through
-`huggingface_hub.AsyncInferenceClient`: every request is in flight together, bounded by a
-semaphore of `concurrency` slots that a call holds only while it is on the wire (not while it
-backs off). A request never raises: once its retries are spent it comes back as
-`GenerationResult.failed`, and `stats` counts it. `HttpBackend.stream` does the same for requests
-that depend on earlier results: each result goes to the caller's callback on the loop as it
-arrives, and what the callback returns joins the requests in flight under the same semaphore.
+`HttpBackend.generate` sends a whole batch through `huggingface_hub.AsyncInferenceClient`: every
+request is in flight together, bounded by `concurrency` slots that a call holds only while it is
+on the wire (not while it backs off). A request never raises: once its retries are spent it
+comes back as `GenerationResult.failed`, and `stats` counts it. `HttpBackend.stream` does the same
+for requests that depend on earlier results: each result goes to the caller's callback on the
+loop as it arrives, and what the callback returns joins the requests in flight.
+
+Every call of every thread in a process runs on one event loop (`_SharedLoop`, a daemon thread):
+the stage tasks running side by side share one client (one connection pool) per endpoint and
+one bound of `concurrency` slots per endpoint, so generation and labelling fill the same slots
+and never exceed them together; labelling (streams) gets a freed slot before generation, so the
+candidates' chains of probes move on while generation fills what is left. One loop and one
+pool instead of one per task also cost the client far less CPU: with a pool per task, idle
+connections are probed on every request (measured: the flow process was CPU-bound at 1,319
+questions).
 
 Retries (tenacity): 408, 429, 5xx, timeouts, connection errors and malformed 200 replies, up to
 `max_retries` times, with exponential backoff and jitter, or the server's Retry-After on
@@ -18,12 +26,15 @@ The token is read from the environment at `__enter__`; it is kept out of repr an
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import contextlib
+import heapq
+import itertools
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, cast
 
 from huggingface_hub import AsyncInferenceClient, constants
 from tenacity import (
@@ -69,15 +80,113 @@ class _AsGiven(dict[str, Any]):
         return default if key == "type" else super().get(key, default)
 
 
+class _Slots:
+    """`size` slots; a waiter of lower `priority` is served first, then by arrival."""
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self.waiting: list[tuple[int, int, asyncio.Future[None]]] = []
+        self.arrivals = itertools.count()
+
+    async def acquire(self, priority: int) -> None:
+        if self.free > 0 and not self.waiting:
+            self.free -= 1
+            return
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self.waiting, (priority, next(self.arrivals), granted))
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self.release()  # handed a slot just as it was cancelled: pass it on
+            raise
+
+    def release(self) -> None:
+        while self.waiting:
+            _, _, granted = heapq.heappop(self.waiting)
+            if not granted.done():  # a cancelled waiter is skipped
+                granted.set_result(None)
+                return
+        self.free += 1
+
+
+class _Held:
+    """`async with` one slot of `slots` at `priority`."""
+
+    def __init__(self, slots: _Slots, priority: int) -> None:
+        self.slots, self.priority = slots, priority
+
+    async def __aenter__(self) -> None:
+        await self.slots.acquire(self.priority)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.slots.release()
+
+
+LABELLING, GENERATION = 0, 1  # slot priorities: a candidate's next probe before a new question
+_CLIENTS_KEPT = 8
+
+
+class _SharedLoop:
+    """The process's event loop for HTTP on a daemon thread, with what lives on it: one client
+    per (endpoint, token, timeout) and one `_Slots` per (endpoint, concurrency). Started on
+    first use, again in a forked child (a Ray worker) or if its thread died."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self.clients: OrderedDict[tuple[Any, ...], AsyncInferenceClient] = OrderedDict()
+        self.slots: dict[tuple[str, int], _Slots] = {}
+
+    def _running(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            alive = self._thread is not None and self._thread.is_alive()
+            if self._loop is None or self._pid != os.getpid() or not alive:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(target=loop.run_forever, name="mshep-http", daemon=True)
+                thread.start()
+                self._loop, self._thread, self._pid = loop, thread, os.getpid()
+                self.clients, self.slots = OrderedDict(), {}
+            return self._loop
+
+    def run(self, factory: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
+        """Run a coroutine on the loop and wait for it; an interrupt cancels it."""
+        loop = self._running()
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("HttpBackend called from its own event loop")
+        future = asyncio.run_coroutine_threadsafe(factory(), loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()
+            raise
+
+    async def client(self, key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
+        """The client for `key`, made on first use; the least recently used beyond
+        `_CLIENTS_KEPT` is closed. Called on the loop only."""
+        if key in self.clients:
+            self.clients.move_to_end(key)
+            return self.clients[key]
+        client = self.clients[key] = make()
+        while len(self.clients) > _CLIENTS_KEPT:
+            _, old = self.clients.popitem(last=False)
+            with contextlib.suppress(Exception):
+                await old.close()
+        return client
+
+    def bound(self, endpoint: str, size: int) -> _Slots:
+        """The slots of `endpoint` for calls bounded at `size`. Called on the loop only."""
+        return self.slots.setdefault((endpoint, size), _Slots(size))
+
+
+_SHARED = _SharedLoop()
+
+
 def run_coroutine(factory: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
-    """Run a coroutine to completion from sync code, even where this thread runs a loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(factory())
-    # asyncio.run refuses inside a running loop (a notebook, an async caller): use a worker.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(lambda: asyncio.run(factory())).result()
+    """Run a coroutine to completion from sync code, on the process's HTTP loop."""
+    return _SHARED.run(factory)
 
 
 class HttpBackend(BackendBase):
@@ -185,11 +294,10 @@ class HttpBackend(BackendBase):
     async def _generate(
         self, requests: list[GenerationRequest], token: str | None, stats: HttpStats
     ) -> list[GenerationResult]:
-        # Created inside the loop: the client's connection pool belongs to this loop.
-        slots = asyncio.Semaphore(self.config.concurrency)
-        async with self._client(token) as client:
-            answers = (self._answer(client, request, slots, stats) for request in requests)
-            return list(await asyncio.gather(*answers))
+        client = await self._client(token)
+        slots = _Held(_SHARED.bound(self.where, self.config.concurrency), GENERATION)
+        answers = (self._answer(client, request, slots, stats) for request in requests)
+        return list(await asyncio.gather(*answers))
 
     def stream(self, first: Sequence[GenerationRequest], follow_up: FollowUp) -> None:
         """`Streaming.stream`: every request in flight under `concurrency`, each result given
@@ -211,46 +319,52 @@ class HttpBackend(BackendBase):
         token: str | None,
         stats: HttpStats,
     ) -> None:
-        slots = asyncio.Semaphore(self.config.concurrency)
+        client = await self._client(token)
+        slots = _Held(_SHARED.bound(self.where, self.config.concurrency), LABELLING)
         arrived: asyncio.Queue[asyncio.Task[GenerationResult]] = asyncio.Queue()
         in_flight: dict[asyncio.Task[GenerationResult], GenerationRequest] = {}
-        async with self._client(token) as client:
 
-            def send(request: GenerationRequest) -> None:
-                task = asyncio.create_task(self._answer(client, request, slots, stats))
-                in_flight[task] = request
-                task.add_done_callback(arrived.put_nowait)
+        def send(request: GenerationRequest) -> None:
+            task = asyncio.create_task(self._answer(client, request, slots, stats))
+            in_flight[task] = request
+            task.add_done_callback(arrived.put_nowait)
 
-            try:
-                for request in first:
+        try:
+            for request in first:
+                send(request)
+            while in_flight:
+                task = await arrived.get()
+                # `_answer` never raises; a bug that makes it raise ends the stream here.
+                for request in follow_up(in_flight.pop(task), task.result()):
                     send(request)
-                while in_flight:
-                    task = await arrived.get()
-                    # `_answer` never raises; a bug that makes it raise ends the stream here.
-                    for request in follow_up(in_flight.pop(task), task.result()):
-                        send(request)
-            finally:
-                for task in in_flight:
-                    task.cancel()
-                await asyncio.gather(*in_flight, return_exceptions=True)
+        finally:
+            for task in in_flight:
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
 
-    def _client(self, token: str | None) -> AsyncInferenceClient:
-        timeout = self.config.timeout_s
-        if self.config.base_url is None:
-            # No client-wide model: each call names its own, which routes it and fills the body.
-            return AsyncInferenceClient(api_key=token, timeout=timeout)
-        # Without a token of ours huggingface_hub would send the cached Hub token to this
-        # server; a None header makes it drop the authorization header instead.
-        headers: dict[str, Any] = {} if token else {"authorization": None}
-        return AsyncInferenceClient(
-            base_url=self.config.base_url, api_key=token, timeout=timeout, headers=headers
-        )
+    async def _client(self, token: str | None) -> AsyncInferenceClient:
+        """The process's client for this endpoint, token and timeout (on the shared loop)."""
+        base_url, timeout = self.config.base_url, self.config.timeout_s
+
+        def make() -> AsyncInferenceClient:
+            if base_url is None:
+                # No client-wide model: each call names its own, which routes it and fills
+                # the body.
+                return AsyncInferenceClient(api_key=token, timeout=timeout)
+            # Without a token of ours huggingface_hub would send the cached Hub token to this
+            # server; a None header makes it drop the authorization header instead.
+            headers: dict[str, Any] = {} if token else {"authorization": None}
+            return AsyncInferenceClient(
+                base_url=base_url, api_key=token, timeout=timeout, headers=headers
+            )
+
+        return cast(AsyncInferenceClient, await _SHARED.client((base_url, token, timeout), make))
 
     async def _answer(
         self,
         client: AsyncInferenceClient,
         request: GenerationRequest,
-        slots: asyncio.Semaphore,
+        slots: _Held,
         stats: HttpStats,
     ) -> GenerationResult:
         model = request.model
@@ -268,7 +382,7 @@ class HttpBackend(BackendBase):
         request: GenerationRequest,
         n: int,
         seed: int | None,
-        slots: asyncio.Semaphore,
+        slots: _Held,
         stats: HttpStats,
     ) -> Reply | CallFailure:
         """One chat completion with its retries: the reply, or why it failed. Once the breaker
@@ -314,7 +428,7 @@ class HttpBackend(BackendBase):
         request: GenerationRequest,
         n: int,
         seed: int | None,
-        slots: asyncio.Semaphore,
+        slots: _Held,
         stats: HttpStats,
     ) -> Reply:
         fmt = request.response_format

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import socket
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -39,6 +40,28 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], app: SimulatorApp) -> None:
         super().__init__(address, _Handler)
         self.app = app
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        connection, address = super().get_request()
+        with self.connections_lock:
+            self.connections.add(connection)
+        return connection, address
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.connections_lock:
+            self.connections.discard(request)
+        super().shutdown_request(request)
+
+    def cut_connections(self) -> None:
+        """What a server that dies does to its clients: every open connection, kept-alive
+        ones included, is cut (a stopped listener alone would keep answering on those)."""
+        with self.connections_lock:
+            connections, self.connections = list(self.connections), set()
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -149,6 +172,7 @@ class SimulatedMathModel:
         if server is not None:
             if self._serving:  # shutdown() waits forever on a server that never served
                 server.shutdown()
+            server.cut_connections()
             server.server_close()
         self._serving = False
         if self._thread is not None:

@@ -198,6 +198,7 @@ def cli_run(args: argparse.Namespace) -> None:
             "-M", str(args.M), "-N", str(args.N), "--strategy", args.strategy,
             "--output", str(out), "--shard-size", str(args.shard_size),
         ]  # fmt: skip
+        command += ["--set", f"serving.concurrency={args.concurrency}"]
         if args.workers:
             command += ["--set", f"execution.workers={args.workers}"]
         if args.no_witness:
@@ -254,7 +255,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def children(pid: int) -> list[int]:
-    found = []
+    found: list[int] = []
     for task in Path(f"/proc/{pid}/task").iterdir():
         found.extend(int(c) for c in (task / "children").read_text().split())
     return found
