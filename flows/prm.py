@@ -28,7 +28,15 @@ from flows.engines import run_engines
 from flows.lock import output_lock
 from flows.parameters import DEFAULTS, SECTIONS, run_config
 from flows.placement import Submitter, build_task_runner
-from flows.stages import failed, load_task, preflight_task, push_task, result_of, write_task
+from flows.stages import (
+    Outputs,
+    failed,
+    load_task,
+    preflight_task,
+    push_task,
+    result_of,
+    write_task,
+)
 from mshep.card import dataset_card, public_config
 from mshep.config import (
     CompleterConfig,
@@ -128,18 +136,19 @@ def _label(config: RunConfig, runner: Any, checks: str, started: float) -> dict[
         logger.warning("row not used: %s (%s)", failure.reason, failure.detail)
     logger.info("%d rows in, %d usable, %d shards", rows_in, rows_in - len(rejected), len(shards))
     threading.Thread(target=_warm_imports, name="mshep-warm-imports", daemon=True).start()
-    with runner, run_engines(config) as engines:  # engines: inside the runner's Ray
-        submitter = Submitter(engines.config, runner)
-        stages_run = [Stage.GENERATE, Stage.COMPLETE]
-        if config.golden.source == "model":
-            stages_run.insert(0, Stage.GOLDEN)
-        progress = RunProgress({stage.value: len(shards) for stage in stages_run})
-        # every shard task ends; then a failed one fails the run
-        refs = settle(submitter, shards, stages_run, progress)
-        progress.finish()
-        engine_stats = engines.infos()
-    stages = _stages(refs, submitter.reused)
-    written = write_task(config, refs[Stage.COMPLETE], stages)
+    with Outputs(config) as outputs:  # a run that fails leaves no half dataset
+        with runner, run_engines(config) as engines:  # engines: inside the runner's Ray
+            submitter = Submitter(engines.config, runner)
+            stages_run = [Stage.GENERATE, Stage.COMPLETE]
+            if config.golden.source == "model":
+                stages_run.insert(0, Stage.GOLDEN)
+            progress = RunProgress({stage.value: len(shards) for stage in stages_run})
+            # every shard task ends; then a failed one fails the run
+            refs = settle(submitter, shards, stages_run, progress, outputs.add)
+            progress.finish()
+            engine_stats = engines.infos()
+        stages = _stages(refs, submitter.reused)
+        written = write_task(outputs, refs[Stage.COMPLETE], stages)
     summary = _summarise(rows_in, rejected, refs, stages, written)
     summary.wall_time_s = round(time.monotonic() - started, 3)
     summary.checks = checks.splitlines()
@@ -185,11 +194,16 @@ CONSOLE: list[Callable[[str], None]] = []
 
 
 def settle(
-    submitter: Submitter, shards: list[ShardRef], stages: list[Stage], progress: RunProgress
+    submitter: Submitter,
+    shards: list[ShardRef],
+    stages: list[Stage],
+    progress: RunProgress,
+    completed: Callable[[int, ShardRef], None],
 ) -> dict[Stage, list[ShardRef]]:
     """Run every shard task (`Submitter.run`) and take each as it finishes (progress moves
-    with them), so each finished one is saved; then, if any failed, fail the run naming the
-    first cause in shard order: a run that lost rows to the infrastructure never exits 0."""
+    with them; a finished completion goes to `completed`, which appends it to the outputs),
+    so each finished one is saved; then, if any failed, fail the run naming the first cause in
+    shard order: a run that lost rows to the infrastructure never exits 0."""
     done: dict[Stage, dict[int, ShardRef]] = {stage: {} for stage in stages}
     failed: list[tuple[int, int, str]] = []
     requests, retries = 0, 0
@@ -200,6 +214,8 @@ def settle(
             continue
         ref = done[end.stage][end.index] = end.result
         progress.shard_done(end.stage)
+        if end.stage is Stage.COMPLETE:
+            completed(end.index, ref)
         requests, retries = requests + ref.usage.requests, retries + ref.retries
         for show in CONSOLE:
             show(f"{progress.describe()}; {requests} requests, {retries} retries")

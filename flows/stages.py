@@ -15,7 +15,7 @@ from collections import Counter
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from prefect.states import Failed, State
 
 from flows.endpoints import endpoint_slots
@@ -179,40 +179,70 @@ def complete_task(
     )
 
 
-@task(name="write outputs")
-def write_task(
-    config: RunConfig, complete_refs: list[ShardRef], stages: dict[str, StageSummary]
-) -> dict[str, Any]:
-    """Every format from every completion shard, shard by shard in shard order (one shard's
-    rows in memory at a time), and the quality report."""
-    layout = Layout.of(config)
-    writers = {
-        name: DatasetWriter(layout.format_dir(name), config.output, COLUMNS[name])
-        for name in config.output.formats
-    }
-    dropped: dict[str, Counter[str]] = {name: Counter() for name in writers}
-    tally = QualityTally()
-    try:
-        for ref in complete_refs:
-            labelled = read_records(ref.path, LabelledSolution)
-            for name, writer in writers.items():
+class Outputs:
+    """The run's output files, one per format and file type, appended as completion shards
+    finish, in shard order (a shard that finishes early waits, as a reference, for those before
+    it): when the last shard is back only the last few are left to write. One shard's rows are
+    in memory at a time; the files are moved into place only by `close`, so a run that fails
+    leaves no half dataset (`abort`), and an earlier run's dataset stays whole until then."""
+
+    def __init__(self, config: RunConfig) -> None:
+        layout = Layout.of(config)
+        self.writers = {
+            name: DatasetWriter(layout.format_dir(name), config.output, COLUMNS[name])
+            for name in config.output.formats
+        }
+        self.dropped: dict[str, Counter[str]] = {name: Counter() for name in self.writers}
+        self.tally = QualityTally()
+        self.next = 0  # the next shard to append
+        self.waiting: dict[int, ShardRef] = {}
+
+    def add(self, index: int, ref: ShardRef) -> None:
+        """Completion shard `index` is done: append it, and any after it already done."""
+        if index >= self.next:
+            self.waiting[index] = ref
+        while self.next in self.waiting:
+            labelled = read_records(self.waiting.pop(self.next).path, LabelledSolution)
+            for name, writer in self.writers.items():
                 out = format_rows(labelled, name)
                 writer.write(out.rows)
-                dropped[name].update(out.dropped)
-            tally.add(labelled)
-        outputs = {name: writer.close() for name, writer in writers.items()}
-    except BaseException:
-        for writer in writers.values():
+                self.dropped[name].update(out.dropped)
+            self.tally.add(labelled)
+            self.next += 1
+
+    def close(self, stages: dict[str, StageSummary]) -> dict[str, Any]:
+        outputs = {name: writer.close() for name, writer in self.writers.items()}
+        return {
+            "outputs": outputs,
+            "rows_out": {name: writer.rows for name, writer in self.writers.items()},
+            "rows_dropped": {name: dict(counts) for name, counts in self.dropped.items()},
+            "labels": self.tally.label_counts(),
+            "problems_labelled": len(self.tally.problems),
+            "quality": self.tally.report(stages),
+        }
+
+    def abort(self) -> None:
+        for writer in self.writers.values():
             writer.abort()
-        raise
-    return {
-        "outputs": outputs,
-        "rows_out": {name: writer.rows for name, writer in writers.items()},
-        "rows_dropped": {name: dict(counts) for name, counts in dropped.items()},
-        "labels": tally.label_counts(),
-        "problems_labelled": len(tally.problems),
-        "quality": tally.report(stages),
-    }
+
+    def __enter__(self) -> Outputs:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None:
+            self.abort()  # after `close` there is nothing left to abort
+
+
+@task(name="write outputs", cache_policy=NO_CACHE)
+def write_task(
+    outputs: Outputs, complete_refs: list[ShardRef], stages: dict[str, StageSummary]
+) -> dict[str, Any]:
+    """Append what the run has not yet appended (every shard, after a resume that found them
+    all done), move the files into place, and the quality report. Runs in the flow's process
+    (it is called, not submitted): `outputs` holds open files."""
+    for index, ref in enumerate(complete_refs):
+        outputs.add(index, ref)
+    return outputs.close(stages)
 
 
 @task(name="push to hub", retries=2, retry_delay_seconds=10)

@@ -94,6 +94,7 @@ class DatasetWriter:
         self._held: list[dict[str, Any]] = []
         self._schema: Any = None
         self._files: dict[str, Any] = {}  # file type -> (path, open handle, parquet writer)
+        self._made_directory = False
 
     def __enter__(self) -> DatasetWriter:
         return self
@@ -124,7 +125,7 @@ class DatasetWriter:
                 fs, _, (target,) = fsspec.get_fs_token_paths(path)
                 fs.mv(target + ".partial", target)
             written.append(path)
-        self._files = {}
+        self._files, self._made_directory = {}, False
         return written
 
     def abort(self) -> None:
@@ -140,6 +141,10 @@ class DatasetWriter:
                 fs, _, (target,) = fsspec.get_fs_token_paths(path)
                 fs.rm(target + ".partial")
         self._files = {}
+        if self._made_directory:  # made for this dataset: none is left to hold
+            with suppress(Exception):
+                fs, _, (base,) = fsspec.get_fs_token_paths(self.directory)
+                fs.rmdir(base)
 
     def _flush(self) -> None:
         if not self._held:
@@ -171,6 +176,8 @@ class DatasetWriter:
 
             with _writing(self.directory):
                 fs, _, (base,) = fsspec.get_fs_token_paths(self.directory)
+                if not self._files and not fs.exists(base):
+                    self._made_directory = True
                 fs.makedirs(base, exist_ok=True)
             path = self.path(file_type)
             if file_type == "parquet":

@@ -1,4 +1,6 @@
+import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -153,3 +155,37 @@ def test_every_math_shepherd_row_is_readable_by_trl():
     out = format_rows(items, "math_shepherd")
     assert len(out.rows) + sum(out.dropped.values()) == len(items)
     assert out.rows and all(trl_reads(row) for row in out.rows)
+
+
+def test_outputs_are_appended_in_shard_order_as_shards_finish(tmp_path: Path) -> None:
+    """Completion shards finish out of order; each is appended once those before it are:
+    the files hold the rows in shard order, as one write at the end would."""
+    from flows.stages import Outputs
+    from mshep.config import RunConfig
+    from mshep.io import write_records
+    from mshep.shards import ShardRef
+
+    config = RunConfig.model_validate(
+        {
+            "dataset": {"source": "x.jsonl"},
+            "generator": {"model": "weak"},
+            "completer": {"model": "weak"},
+            "output": {"path": str(tmp_path), "formats": ["raw"], "file_types": ["jsonl"]},
+        }
+    )
+    refs = []
+    for shard in range(3):
+        item = labelled([Hard.GOOD, Hard.BAD]).model_copy(update={"problem_id": f"p{shard}"})
+        path = str(tmp_path / f"complete-{shard}.jsonl")
+        write_records(path, [item])
+        refs.append(ShardRef(stage="complete", shard=shard, path=path))
+    with Outputs(config) as outputs:
+        outputs.add(2, refs[2])
+        outputs.add(0, refs[0])
+        assert outputs.next == 1 and outputs.writers["raw"].rows == 0  # held, not yet written
+        outputs.add(1, refs[1])
+        assert outputs.next == 3
+        written = outputs.close({})
+    rows = (tmp_path / "raw" / "data.jsonl").read_text().splitlines()
+    assert [json.loads(row)["problem_id"] for row in rows] == ["p0", "p1", "p2"]
+    assert written["rows_out"] == {"raw": 3} and written["problems_labelled"] == 3

@@ -350,3 +350,12 @@ def test_a_writer_that_gets_no_row_writes_no_file(tmp_path: Path) -> None:
         writer.write([])
         assert writer.close() == []
     assert not (tmp_path / "trl").exists()
+
+
+def test_an_aborted_writer_leaves_nothing_it_made(tmp_path: Path) -> None:
+    from mshep.io import DatasetWriter
+
+    with pytest.raises(RuntimeError), DatasetWriter(str(tmp_path / "raw"), OutputConfig()) as w:
+        w.write([{"prompt": "q?"}] * 5000)  # a row group written to the .partial files
+        raise RuntimeError("the run failed")
+    assert not (tmp_path / "raw").exists()
