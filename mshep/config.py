@@ -304,7 +304,14 @@ class ExecutionConfig(Section):
         description="threads: tasks in the flow's process; ray: tasks on a Ray cluster "
         "(prefect-ray), which needs a Prefect API every Ray worker can reach.",
     )
-    workers: int = Field(default=8, ge=1, le=256, description="Threads of the threads runner.")
+    workers: int = Field(
+        default=16,
+        ge=1,
+        le=256,
+        description="Stage tasks out at once: the threads runner's threads; on Ray, tasks "
+        "submitted at once. Tasks share the endpoint's slots (serving.concurrency), so more "
+        "workers keep the server fed through other shards' labelling tails, not overloaded.",
+    )
     ray_address: str | None = Field(
         default=None, description="Ray cluster, e.g. ray://head:10001; unset = local Ray."
     )

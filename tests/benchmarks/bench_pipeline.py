@@ -72,7 +72,12 @@ def main() -> None:
     parser.add_argument("--shard-size", type=int, default=25)
     parser.add_argument("--strategy", choices=["first_error", "per_step"], default="first_error")
     parser.add_argument("--no-witness", action="store_true", help="roll out right candidates too")
-    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=80,
+        help="serving.concurrency: a little above the server's slots, as a user would set it",
+    )
     parser.add_argument("--slots", type=int, default=64)
     parser.add_argument("--per-token-s", type=float, default=0.005)
     parser.add_argument("--base-latency-s", type=float, default=0.05)
@@ -128,6 +133,7 @@ def main() -> None:
                 }
             )
             sampler = Sampler(base_url, simulator.pid) if args.timeline else None
+            phases = Phases() if args.timeline else None
             started = time.monotonic()
             summary = run_flow(config)
             wall = time.monotonic() - started
@@ -160,8 +166,9 @@ def main() -> None:
         "workers": config.execution.workers,
     }
     print(json.dumps(report, indent=2))
-    if sampler:
+    if sampler and phases:
         sampler.show(args.slots)
+        phases.show(sampler, started, wall, ideal, args.slots)
 
 
 def tree_rss(pid: int) -> int:
@@ -310,6 +317,63 @@ class Sampler:
             first, last = self.cpu[0][1], self.cpu[-1][1]
             total = {k: round(last[k] - first[k], 1) for k in first}
             print("cpu seconds over the run:", json.dumps(total))
+
+
+class Phases:
+    """Where the flow's wall time goes, from the times of the flow's own log records (the
+    flow run beginning, each task run finishing) and the sampler's slots: the profile table of
+    tests/benchmarks/README.md."""
+
+    TASKS = ("preflight", "load questions", "complete shard", "write outputs")
+
+    def __init__(self) -> None:
+        import logging
+
+        self.seen: dict[str, list[float]] = {name: [] for name in ("flow", *self.TASKS)}
+        seen, tasks = self.seen, self.TASKS
+
+        class Catch(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                message = record.getMessage()
+                if message.startswith("Beginning flow run"):
+                    seen["flow"].append(time.monotonic())
+                elif message.startswith("Finished in state"):
+                    name = str(getattr(record, "task_run_name", ""))
+                    for task in tasks:
+                        if name.startswith(task):
+                            seen[task].append(time.monotonic())
+
+        logging.getLogger("prefect").addHandler(Catch(level=logging.INFO))
+
+    def show(self, sampler: Sampler, started: float, wall: float, ideal: float, slots: int) -> None:
+        base = sampler.started
+
+        def last(name: str) -> float | None:
+            return self.seen[name][-1] - base if self.seen[name] else None
+
+        busy = [t for t, n in sampler.samples if n > 0]
+        first_request, last_request = (busy[0], busy[-1]) if busy else (None, None)
+        flow = self.seen["flow"][0] - base if self.seen["flow"] else None
+        rows = [
+            ("Prefect starts the flow run", 0.0, flow),
+            ("checks (preflight task)", flow, last("preflight")),
+            ("load task", last("preflight"), last("load questions")),
+            ("stage tasks start, first request", last("load questions"), first_request),
+            ("the model works (first to last request)", first_request, last_request),
+            ("after the last answer: last shard ends", last_request, last("complete shard")),
+            ("write outputs task", last("complete shard"), last("write outputs")),
+            ("summary, card, report, flow run ends", last("write outputs"), started + wall - base),
+        ]
+        print(f"| phase | s | share of the wall {wall:.2f} s |")
+        print("|---|---|---|")
+        for label, a, b in rows:
+            if a is not None and b is not None:
+                print(f"| {label} | {b - a:.2f} | {(b - a) / wall:.1%} |")
+        if first_request is not None and last_request is not None:
+            window = [n for t, n in sampler.samples if first_request <= t <= last_request]
+            use = sum(window) / len(window) / slots if window else 0.0
+            print(f"| mean share of slots in use while the model works | {use:.2f} | |")
+        print(f"| ideal (busy slot-seconds / slots) | {ideal:.2f} | {ideal / wall:.1%} |")
 
 
 class Waves:
