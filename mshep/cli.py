@@ -7,6 +7,7 @@ checked and the dataset's columns read first; errors print as one message, not a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -197,9 +198,16 @@ def _run(args: argparse.Namespace, execute: bool) -> int:
     """`check`: the checks alone. `run`: the flow, which runs the same checks first."""
     config = build_config(args)
     try:
-        from flows.process import check_api, interrupts, prepare_environment, terminal_progress
+        from flows.process import (
+            TemporaryServer,
+            check_api,
+            interrupts,
+            prepare_environment,
+            terminal_progress,
+        )
 
         prepare_environment()  # before Prefect is imported
+        server = TemporaryServer.start(config) if execute else None  # boots while we import
         from flows.prm import run_flow
         from flows.secrets import hub_token
     except ImportError as error:  # a core-only install (the engine environment)
@@ -213,7 +221,10 @@ def _run(args: argparse.Namespace, execute: bool) -> int:
         print(preflight(config, hub_token), file=sys.stderr)
         return 0
     check_api()
-    with interrupts(config), terminal_progress():
+    # The temporary server lives until the process exits (as Prefect's own would): Prefect's
+    # log and event workers flush to it at exit.
+    prefect_api = server.use() if server else contextlib.nullcontext()
+    with prefect_api, interrupts(config), terminal_progress():
         summary = run_flow(config)
     print("\n".join(summary.get("checks", [])), file=sys.stderr)
     print(json.dumps(summary, indent=2, default=str))
