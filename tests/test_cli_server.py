@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,13 @@ import pytest
 from flows.process import TemporaryServer
 from mshep.config import RunConfig
 from mshep.testing.simulator import SimulatedMathModel, SimulatorConfig
+
+# Slow (a Prefect server starts each time), and Linux only (the processes are read in /proc).
+LINUX = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
+
+def real_processes(test: Callable[..., None]) -> Callable[..., None]:
+    return pytest.mark.slow(LINUX(test))
 
 
 def test_no_temporary_server_where_a_run_has_or_needs_another() -> None:
@@ -77,8 +84,7 @@ def gone(pid: int, wait_s: float) -> bool:
     return False
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@real_processes
 def test_the_run_starts_its_own_server_first_and_stops_it(
     sim: SimulatedMathModel, gsm8k_test: Path, tmp_path: Path
 ) -> None:
@@ -92,8 +98,7 @@ def test_the_run_starts_its_own_server_first_and_stops_it(
     assert gone(server, 10)
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@real_processes
 def test_a_killed_run_leaves_no_server_behind(
     sim: SimulatedMathModel, gsm8k_test: Path, tmp_path: Path
 ) -> None:
