@@ -207,6 +207,7 @@ def settle(
     done: dict[Stage, dict[int, ShardRef]] = {stage: {} for stage in stages}
     failed: list[tuple[int, int, str]] = []
     requests, retries = 0, 0
+    unwritten: Exception | None = None
     for end in submitter.run(shards):
         if isinstance(end.result, BaseException):  # the task failed: its exception says why
             where = f"{end.stage.value} shard {end.index + 1}/{end.total}"
@@ -214,8 +215,11 @@ def settle(
             continue
         ref = done[end.stage][end.index] = end.result
         progress.shard_done(end.stage)
-        if end.stage is Stage.COMPLETE:
-            completed(end.index, ref)
+        if end.stage is Stage.COMPLETE and unwritten is None:
+            try:
+                completed(end.index, ref)
+            except Exception as error:  # the output cannot be written (a full disk): every
+                unwritten = error  # shard task still ends and is saved, then the run fails
         requests, retries = requests + ref.usage.requests, retries + ref.retries
         for show in CONSOLE:
             show(f"{progress.describe()}; {requests} requests, {retries} retries")
@@ -226,6 +230,8 @@ def settle(
             + (f" and {blocked} completion(s) could not start" if blocked else "")
             + f" ({min(failed)[2]}); finished shards are kept: run the same command to resume"
         )
+    if unwritten is not None:
+        raise unwritten
     return {stage: [refs[i] for i in sorted(refs)] for stage, refs in done.items()}
 
 

@@ -83,8 +83,13 @@ class TemporaryServer:
             "PREFECT__SERVER_FINAL": "1",
         }
         log = tempfile.TemporaryFile()  # noqa: SIM115  (open for the server's life)
+        parent = os.getpid()
         process = subprocess.Popen(
-            command, env=env, stdout=subprocess.DEVNULL, stderr=log, preexec_fn=_die_with_parent
+            command,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            preexec_fn=lambda: _die_with_parent(parent),
         )
         return cls(process, port, log)
 
@@ -108,7 +113,8 @@ class TemporaryServer:
                     "PREFECT_API_URL"
                 )
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                answered = httpx.get(f"{self.url}/health", timeout=2).status_code == 200
+                if answered and self.process.poll() is None:  # ours, not one on a reused port
                     break
             if time.monotonic() > deadline:
                 self.stop()
@@ -132,13 +138,16 @@ class TemporaryServer:
             STOP_AT_INTERRUPT.remove(self.stop)
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
     """In the server's process before it runs (Linux): SIGTERM when the CLI dies, even by
-    SIGKILL, so a killed run leaves no server behind."""
+    SIGKILL, so a killed run leaves no server behind; a CLI that died before this ran is
+    seen as a new parent, and the server does not start."""
     with contextlib.suppress(Exception):
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 # What an interrupt stops before the process exits at once (`os._exit` skips atexit).

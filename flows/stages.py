@@ -211,7 +211,11 @@ class Outputs:
             self.next += 1
 
     def close(self, stages: dict[str, StageSummary]) -> dict[str, Any]:
-        outputs = {name: writer.close() for name, writer in self.writers.items()}
+        """Every file finished before any is moved into place: a failure while finishing
+        leaves the earlier dataset whole, not half replaced."""
+        for writer in self.writers.values():
+            writer.finish()
+        outputs = {name: writer.publish() for name, writer in self.writers.items()}
         return {
             "outputs": outputs,
             "rows_out": {name: writer.rows for name, writer in self.writers.items()},

@@ -113,18 +113,34 @@ class DatasetWriter:
 
     def close(self) -> list[str]:
         """Write what is held, move every file into place; the paths written."""
-        self._flush()
-        import fsspec
+        self.finish()
+        return self.publish()
 
-        written = []
+    def finish(self) -> None:
+        """Write what is held and close the `.partial` files (nothing is in place yet)."""
+        self._flush()
         for path, handle, parquet in self._files.values():
             with _writing(path):
                 if parquet is not None:
                     parquet.close()
                 handle.close()
+
+    def publish(self) -> list[str]:
+        """Move the finished files into place; with no row written, remove an earlier run's
+        files of this dataset instead, so the directory never holds a dataset this run did
+        not write. The paths written."""
+        import fsspec
+
+        written = []
+        for file_type in self.file_types:
+            path = self.path(file_type)
+            with _writing(path):
                 fs, _, (target,) = fsspec.get_fs_token_paths(path)
-                fs.mv(target + ".partial", target)
-            written.append(path)
+                if file_type in self._files:
+                    fs.mv(target + ".partial", target)
+                    written.append(path)
+                elif fs.exists(target):
+                    fs.rm(target)
         self._files, self._made_directory = {}, False
         return written
 
@@ -158,7 +174,8 @@ class DatasetWriter:
                 if self.columns
                 else pa.Table.from_pylist(rows).schema
             )
-        table = pa.Table.from_pylist(rows, schema=self._schema)
+        with _writing(self.directory):  # a value that does not fit its column: a bug, named
+            table = pa.Table.from_pylist(rows, schema=self._schema)
         for file_type in self.file_types:
             path = self.path(file_type)
             with _writing(path):

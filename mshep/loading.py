@@ -102,7 +102,7 @@ class _JsonLines:
         columns: dict[str, None] = {}
         rows: list[dict[str, Any]] = []
         try:
-            with open(cfg.source, encoding="utf-8") as lines:
+            with open(cfg.source, encoding="utf-8-sig") as lines:  # a BOM, as datasets reads it
                 for number, line in enumerate(lines, start=1):
                     if cfg.limit is not None and len(rows) >= cfg.limit:
                         break

@@ -166,3 +166,24 @@ def test_the_code_digest_covers_the_modules_a_stage_runs() -> None:
     assert "labelling" not in STAGE_CODE[Stage.GENERATE]
     assert code_digest(Stage.COMPLETE) != code_digest(Stage.GENERATE)
     assert len(code_digest(Stage.LOAD)) == 16
+
+
+def test_an_output_that_cannot_be_written_fails_the_run_after_every_shard_is_saved(
+    sim: SimulatedMathModel, gsm8k_test: Path, tmp_path: Path
+) -> None:
+    """The outputs are appended as shards finish; when that fails (here `raw` is a file, not
+    a folder), every shard task still runs and is saved, the run fails naming the path, and
+    once the path is fixed the same run writes the dataset without asking the model again."""
+    from mshep.errors import OutputError
+
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "raw").write_text("in the way")
+    config = config_for(sim, gsm8k_test, output)
+    with pytest.raises(OutputError, match=f"cannot write {output}/raw"):
+        run(config, sim)
+    assert len(list((output / ".work").glob("complete-*/*.ref.json"))) == QUESTIONS // SHARD
+    (output / "raw").unlink()
+    summary, asked = run(config, sim)
+    assert sum(asked.values()) == 0 and summary["rows_labelled"] == QUESTIONS
+    assert len(raw_rows(output)) == QUESTIONS * 2

@@ -359,3 +359,25 @@ def test_an_aborted_writer_leaves_nothing_it_made(tmp_path: Path) -> None:
         w.write([{"prompt": "q?"}] * 5000)  # a row group written to the .partial files
         raise RuntimeError("the run failed")
     assert not (tmp_path / "raw").exists()
+
+
+def test_a_dataset_with_no_row_this_run_leaves_no_earlier_file(tmp_path: Path) -> None:
+    """Every row of a format dropped this time: the files an earlier run wrote there go, so
+    the folder never shows a dataset next to a summary that says it has no row."""
+    from mshep.io import DatasetWriter
+
+    directory = str(tmp_path / "trl")
+    write_dataset([{"prompt": "old"}], directory, OutputConfig())
+    with DatasetWriter(directory, OutputConfig(), {"prompt": "string"}) as writer:
+        assert writer.close() == []
+    assert list((tmp_path / "trl").iterdir()) == []
+
+
+def test_a_jsonl_file_with_a_byte_order_mark_reads_like_one_without(tmp_path: Path) -> None:
+    rows = [{"question": "What is 1 + 1?", "answer": "#### 2"}] * 2
+    text = "".join(json.dumps(row) + "\n" for row in rows)
+    plain, marked = tmp_path / "plain.jsonl", tmp_path / "marked.jsonl"
+    plain.write_text(text, encoding="utf-8")
+    marked.write_text(text, encoding="utf-8-sig")
+    read = [load_problems(DatasetConfig(source=str(p)), True) for p in (plain, marked)]
+    assert read[0].problems == read[1].problems and len(read[1].problems) == 2
