@@ -20,6 +20,7 @@ from prefect.futures import PrefectFuture
 from prefect.task_runners import TaskRunner
 from prefect.utilities.callables import get_call_parameters
 
+from flows.handoff import HANDOFFS
 from flows.stages import complete_task, generate_task
 from mshep.config import RunConfig
 from mshep.errors import ConfigError
@@ -106,57 +107,117 @@ class Submitter:
         with remote_options(num_gpus=gpus):
             yield
 
+    @property
+    def hands_over(self) -> bool:
+        """Whether a shard's completion starts with its generation, labelling each question as
+        soon as its candidates are back (`flows.handoff`): when both run in this process, over
+        HTTP (whose shared bound serves labelling first), with a worker for each, and with no
+        `endpoint_limit` (a completion holding its share of that limit while its generation
+        waits for one could wait forever)."""
+        config = self.config
+        servings = [config.serving.for_stage(stage) for stage in (Stage.GENERATE, Stage.COMPLETE)]
+        return (
+            config.execution.task_runner != "ray"
+            and config.execution.workers >= 2
+            and all(s.kind == "http" and not s.endpoint_limit for s in servings)
+        )
+
     def run(self, shards: list[ShardRef]) -> Iterator[Finished]:
         """Every shard's stage tasks, at most `execution.workers` submitted at once, each
         yielded with its result (or the exception it failed with) as it ends.
 
-        A shard's completion is submitted only once its golden and generate shards are done:
-        a task submitted to wait for another would hold a worker thread while it waits, and
-        the threads left would starve generation. Ready completions go before new generation,
-        so shards finish (and are saved) early and the labelling chains of the first shards
-        run while later shards generate. With one worker the order is generate 1, complete 1,
-        generate 2, ... A shard whose golden or generate task failed is never completed
-        (`blocked`); every other shard still runs, so a resumed run has the least left to do."""
+        A shard's completion is submitted once its golden shard is done and its generate task
+        has started (`hands_over`: the candidates are handed over question by question), or
+        else once both are done: a task submitted to wait for another would hold a worker
+        thread while it waits, and the threads left would starve generation. Ready completions
+        go before new generation, so shards finish (and are saved) early and the labelling
+        chains of the first shards run while later shards generate. With one worker the order
+        is generate 1, complete 1, generate 2, ... A shard whose golden or generate task failed
+        is never completed (`blocked`; one already labelling stops, and is not counted as a
+        failure of its own); every other shard still runs, so a resumed run has the least left
+        to do."""
         config, total = self.config, len(shards)
         starts: deque[tuple[Stage, int]] = deque()
         for index in range(total):
             if config.golden.source == "model":
                 starts.append((Stage.GOLDEN, index))
             starts.append((Stage.GENERATE, index))
-        needs = 2 if config.golden.source == "model" else 1
         inputs: dict[int, dict[Stage, PrefectFuture[ShardRef]]] = {i: {} for i in range(total)}
+        waits_for = (
+            {Stage.GOLDEN, Stage.GENERATE} if config.golden.source == "model" else {Stage.GENERATE}
+        )
         ready: list[int] = []  # shards whose completion can start, lowest first
+        queued: set[int] = set()  # shards whose completion is ready or started
         in_flight: dict[PrefectFuture[ShardRef], tuple[Stage, int]] = {}
         ended: queue.SimpleQueue[PrefectFuture[ShardRef]] = queue.SimpleQueue()
-        window = config.execution.workers
+        window, early = config.execution.workers, self.hands_over
+        generating: set[int] = set()  # generate tasks started and not yet ended
+        handoffs: dict[int, str] = {}  # open handoffs, by shard: the generate shard's path
 
         def start(stage: Stage, index: int) -> None:
+            if stage is Stage.GENERATE and early:
+                handoffs[index] = self.paths(
+                    Stage.GENERATE, shards[index].shard, shards[index].digest
+                )
+                HANDOFFS.open(handoffs[index])
             future = self._stage_task(stage, shards[index], total, inputs[index])
             in_flight[future] = (stage, index)
             _when_done(future, ended.put)
 
-        while True:
-            while len(in_flight) < window and (ready or starts):
-                if ready:
-                    start(Stage.COMPLETE, heapq.heappop(ready))
+        def check(index: int) -> None:
+            """Make `index`'s completion ready once what it waits for is there (its generate
+            task started is enough when it is handed over)."""
+            have = set(inputs[index]) | ({Stage.GENERATE} if index in generating else set())
+            if index not in queued and index not in self.blocked and have >= waits_for:
+                queued.add(index)
+                heapq.heappush(ready, index)
+
+        def drop(index: int) -> None:
+            HANDOFFS.drop(handoffs.pop(index, ""))
+
+        try:
+            while True:
+                while len(in_flight) < window and (ready or starts):
+                    if ready:
+                        if (index := heapq.heappop(ready)) not in self.blocked:
+                            start(Stage.COMPLETE, index)
+                        continue
+                    stage, index = starts.popleft()
+                    start(stage, index)
+                    if stage is Stage.GENERATE and early:
+                        generating.add(index)
+                        check(index)
+                if not in_flight:
+                    break
+                future = ended.get()
+                stage, index = in_flight.pop(future)
+                try:
+                    result: ShardRef | BaseException = future.result()
+                except Exception as error:  # the task failed: its exception says why
+                    result = error
+                if stage is Stage.COMPLETE:
+                    drop(index)
+                    if isinstance(result, BaseException) and index in self.blocked:
+                        continue  # labelling as it was generated, it stopped when that failed
+                    self.blocked.discard(index)  # (a completion done before: reused)
                 else:
-                    start(*starts.popleft())
-            if not in_flight:
-                break
-            future = ended.get()
-            stage, index = in_flight.pop(future)
-            try:
-                result: ShardRef | BaseException = future.result()
-            except Exception as error:  # the task failed: its exception says why
-                result = error
-            if stage is not Stage.COMPLETE:
-                if isinstance(result, BaseException):
-                    self.blocked.add(index)
-                else:
-                    inputs[index][stage] = future
-                    if len(inputs[index]) == needs:
-                        heapq.heappush(ready, index)
-            yield Finished(stage, index, total, result)
+                    if stage is Stage.GENERATE:
+                        generating.discard(index)
+                        if (handoff := HANDOFFS.get(handoffs.get(index, ""))) is not None:
+                            handoff.close(result)
+                    if isinstance(result, BaseException):
+                        self.blocked.add(index)
+                        if not any(
+                            i == index for s, i in in_flight.values() if s is Stage.COMPLETE
+                        ):
+                            drop(index)
+                    else:
+                        inputs[index][stage] = future
+                        check(index)
+                yield Finished(stage, index, total, result)
+        finally:
+            for index in list(handoffs):
+                drop(index)
 
     def _stage_task(
         self,
@@ -165,14 +226,16 @@ class Submitter:
         total: int,
         inputs: dict[Stage, PrefectFuture[ShardRef]],
     ) -> PrefectFuture[ShardRef]:
-        """Submit one stage task of one shard. A completion gets its (finished) input tasks'
-        futures: the runner resolves them at once, and the UI shows where its inputs came from."""
+        """Submit one stage task of one shard. A completion gets its finished input tasks'
+        futures (the runner resolves them at once, and the UI shows where its inputs came
+        from); one started with its generation gets the generate shard's path alone."""
         config = self.config
         if stage is Stage.COMPLETE:
             return self._submit(
                 complete_task, Stage.COMPLETE, ref, total,
                 completer=config.completer, problems_ref=ref, golden_ref=inputs.get(Stage.GOLDEN),
-                generated_ref=inputs[Stage.GENERATE],
+                generated_ref=inputs.get(Stage.GENERATE),
+                generated_out=self.paths(Stage.GENERATE, ref.shard, ref.digest),
                 serving=config.serving.for_stage(Stage.COMPLETE),
             )  # fmt: skip
         settings = config.golden if stage is Stage.GOLDEN else config.generator

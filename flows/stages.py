@@ -19,6 +19,7 @@ from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from prefect.states import Failed, State
 
 from flows.endpoints import endpoint_slots
+from flows.handoff import HANDOFFS, Candidates
 from flows.secrets import hub_token, serving_token
 from mshep.backends import make_backend
 from mshep.checks import dataset_report, preflight
@@ -30,8 +31,9 @@ from mshep.formats import COLUMNS, format_rows
 from mshep.generation import generate_solutions
 from mshep.hub import push_dataset
 from mshep.io import DatasetWriter, read_records
+from mshep.labelling import LabelTarget
 from mshep.loading import load_problems
-from mshep.records import KeyedSolution, LabelledSolution, Problem, Stage
+from mshep.records import Failure, KeyedSolution, LabelledSolution, Problem, Stage
 from mshep.shards import Layout, ShardRef, finish_shard, finished, write_question_shards
 from mshep.summary import QualityTally, RunSummary, StageSummary
 
@@ -82,6 +84,10 @@ def load_task(config: RunConfig) -> Any:
 # digests, output path) and its source; not the run id, not where the model is served, not
 # whether a finished shard may be reused.
 SHARD_CACHE = (INPUTS - "serving" - "reuse") + TASK_SOURCE
+# A completion is keyed on its generate shard's path (settings, code, questions), not on that
+# shard's reference: one started while its candidates are still being generated has none yet.
+# The completion shard holds the candidates it labelled, so it is whole either way.
+COMPLETE_CACHE = (INPUTS - "serving" - "reuse" - "generated_ref") + TASK_SOURCE
 
 
 @task(name="generate", cache_policy=SHARD_CACHE, persist_result=True)
@@ -99,8 +105,10 @@ def generate_task(
         return done
     problems = read_records(problems_ref.path, Problem)
     token = serving_token(serving)  # read here, never a task input
+    handoff = HANDOFFS.get(out)  # a completion labelling this shard as it is generated
+    publish = None if handoff is None else handoff.put
     with endpoint_slots(serving) as held, make_backend(held, token) as client:
-        result = generate_solutions(client, problems, stage, m, name.value)
+        result = generate_solutions(client, problems, stage, m, name.value, publish)
     if lost := _lost_requests(result.tally, serving, name, problems_ref):
         return failed(lost)
     keyed = [
@@ -139,29 +147,50 @@ def _retries(client: Any) -> int:
     return int(getattr(stats, "retries", 0))
 
 
-@task(name="complete", cache_policy=SHARD_CACHE, persist_result=True)
+@task(name="complete", cache_policy=COMPLETE_CACHE, persist_result=True)
 def complete_task(
     completer: CompleterConfig,
     problems_ref: ShardRef,
     golden_ref: ShardRef | None,
-    generated_ref: ShardRef,
+    generated_ref: ShardRef | None,
+    generated_out: str,
     out: str,
     serving: ServingConfig,
     reuse: bool = True,
 ) -> ShardRef:
     """Label every candidate of one shard: each candidate's next probe goes out as soon as its
-    last one is back (`mshep.completion.label_solutions`)."""
+    last one is back (`mshep.completion.label_solutions`). Without `generated_ref`, the shard
+    is still being generated in this process: each question is labelled as soon as its
+    candidates are handed over (`flows.handoff`)."""
     if reuse and (done := finished(out)):
         return done
     problems = read_records(problems_ref.path, Problem)
-    golden = read_records(golden_ref.path, KeyedSolution) if golden_ref else None
-    generated = read_records(generated_ref.path, KeyedSolution)
-    targets, unlabelled = label_targets(problems, golden_answers(problems, golden), generated)
+    golden = golden_answers(
+        problems, read_records(golden_ref.path, KeyedSolution) if golden_ref else None
+    )
+    arriving = None
+    if generated_ref is None and (handoff := HANDOFFS.get(generated_out)) is not None:
+        arriving = Candidates(handoff, problems, golden)
+    elif generated_ref is None and (generated_ref := finished(generated_out)) is None:
+        raise RuntimeError(
+            f"complete shard {problems_ref.shard + 1}: its generate shard is not done"
+        )
+    targets: list[LabelTarget] = []
+    unlabelled: list[Failure] = []
+    if generated_ref is not None:
+        generated = read_records(generated_ref.path, KeyedSolution)
+        targets, unlabelled = label_targets(problems, golden, generated)
     token = serving_token(serving)  # read here, never a task input
     with endpoint_slots(serving) as held, make_backend(held, token) as client:
-        result = label_solutions(client, targets, completer)
+        result = label_solutions(client, targets, completer, arriving)
     if lost := _lost_requests(result.tally, serving, Stage.COMPLETE, problems_ref):
         return failed(lost)
+    # In the shard's question order, however the questions arrived.
+    position = {problem.id: i for i, problem in enumerate(problems)}
+    result.solutions.sort(key=lambda item: (position[item.problem_id], item.solution.index))
+    failures = sorted(
+        [*unlabelled, *result.failures], key=lambda f: position.get(f.problem_id or "", -1)
+    )
     # `failures` here are per problem: exactly one for each problem left without a label.
     return finish_shard(
         Stage.COMPLETE,
@@ -170,7 +199,7 @@ def complete_task(
         result.solutions,
         problems=len(problems),
         items=len(result.solutions),
-        failures=[*unlabelled, *result.failures],
+        failures=failures,
         usage=result.usage,
         rounds=result.rounds,
         retries=_retries(client),

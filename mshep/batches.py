@@ -6,7 +6,8 @@ request's usage shared among its replies."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 
 from mshep.backends.base import (
     Backend,
@@ -14,6 +15,7 @@ from mshep.backends.base import (
     FollowUp,
     GenerationRequest,
     GenerationResult,
+    Incoming,
     Streaming,
 )
 from mshep.failures import RequestTally
@@ -75,16 +77,22 @@ def call_backend(
 
 
 def stream_backend(
-    backend: Backend, first: list[GenerationRequest], follow_up: FollowUp, tally: RequestTally
+    backend: Backend,
+    first: list[GenerationRequest],
+    follow_up: FollowUp,
+    tally: RequestTally,
+    incoming: Incoming | None = None,
+    background: bool = False,
 ) -> None:
-    """Send `first`, and each request `follow_up` returns as soon as the result it follows is
-    back: a backend that streams keeps them all in flight under its own bound; one that only
-    has `generate` gets waves, each one call with the follow-ups of the wave before (what a
-    round-by-round caller did). Every result is tallied as `call_backend` tallies it, and a
-    backend that answers a request it was not sent, answers one twice or leaves one unanswered
-    is an error, as a count mismatch is for `call_backend`."""
+    """Send `first`, each request `follow_up` returns as soon as the result it follows is
+    back, and what `incoming` hands over as it arrives: a backend that streams keeps them all
+    in flight under its own bound; one that only has `generate` gets waves, each one call with
+    the follow-ups of the wave before (what a round-by-round caller did), its first wave once
+    `incoming` has ended. Every result is tallied as `call_backend` tallies it, and a backend
+    that answers a request it was not sent, answers one twice or leaves one unanswered is an
+    error, as a count mismatch is for `call_backend`."""
     if not isinstance(backend, Streaming):
-        _in_waves(backend, first, follow_up, tally)
+        _in_waves(backend, [*first, *_all_of(incoming)], follow_up, tally)
         return
     waiting = {id(request): request for request in first}
 
@@ -99,11 +107,46 @@ def stream_backend(
         waiting.update((id(new), new) for new in sent)
         return sent
 
-    backend.stream(first, answered)
+    counted = None if incoming is None else _Counted(incoming, waiting)
+    if counted is None and not background:
+        backend.stream(first, answered)  # the plain call every streaming backend takes
+    else:
+        backend.stream(first, answered, incoming=counted, background=background)
     if waiting:
         raise RuntimeError(
             f"backend {backend.name!r} returned no result for {len(waiting)} requests"
         )
+
+
+class _Counted:
+    """`incoming`, its requests added to those the stream waits for."""
+
+    def __init__(self, incoming: Incoming, waiting: dict[int, GenerationRequest]) -> None:
+        self.incoming, self.waiting = incoming, waiting
+
+    def wake_with(self, wake: Callable[[], None]) -> None:
+        self.incoming.wake_with(wake)
+
+    def take(self) -> tuple[list[GenerationRequest], bool]:
+        requests, ended = self.incoming.take()
+        self.waiting.update((id(new), new) for new in requests)
+        return requests, ended
+
+
+def _all_of(incoming: Incoming | None) -> list[GenerationRequest]:
+    """Every request `incoming` will hand over, once it has ended (waiting for that)."""
+    if incoming is None:
+        return []
+    woken = threading.Event()
+    incoming.wake_with(woken.set)
+    requests: list[GenerationRequest] = []
+    while True:
+        woken.wait()
+        woken.clear()
+        new, ended = incoming.take()
+        requests += new
+        if ended:
+            return requests
 
 
 def _in_waves(

@@ -6,8 +6,9 @@ reason, never dropped silently."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from mshep.answers import answers_match
 from mshep.backends.base import Backend, Completion, GenerationRequest, GenerationResult
@@ -128,14 +129,7 @@ class _Driver:
     not be read), else the query's rollouts go to the labeller and the candidate's next prefixes
     are asked. Called once per result, one at a time (`stream_backend`)."""
 
-    def __init__(
-        self,
-        targets: Sequence[LabelTarget],
-        cfg: CompleterConfig,
-        labeller: Labeller,
-        out: Labelled,
-    ) -> None:
-        self.targets = targets
+    def __init__(self, cfg: CompleterConfig, labeller: Labeller, out: Labelled) -> None:
         self.cfg = cfg
         self.labeller = labeller
         self.out = out
@@ -143,7 +137,8 @@ class _Driver:
         self.answers: dict[PrefixQuery, _Answered] = {}
 
     def ask(self, query: PrefixQuery, n: int, attempt: int = 0) -> GenerationRequest:
-        request = _rollout_request(self.targets[query.target], query, self.cfg, n, attempt)
+        target = self.labeller.states[query.target].target
+        request = _rollout_request(target, query, self.cfg, n, attempt)
         self.sent[id(request)] = (request, query, attempt)
         return request
 
@@ -152,7 +147,7 @@ class _Driver:
     ) -> list[GenerationRequest]:
         sent, query, attempt = self.sent.pop(id(request))
         assert sent is request
-        golden = self.targets[query.target].golden_answer
+        golden = self.labeller.states[query.target].target.golden_answer
         rollouts = [read_rollout(c, golden, self.cfg.structured_output) for c in result.completions]
         if not attempt:
             answer = self.answers[query] = _Answered(rollouts, result.usage)
@@ -173,23 +168,62 @@ class _Driver:
         ]
 
 
+class Arriving(Protocol):
+    """Candidates that arrive while labelling runs: whole questions at a time (each question's
+    candidates together, so the difficulty filter sees them all)."""
+
+    def wake_with(self, wake: Callable[[], None]) -> None:
+        """Call `wake()`, from any thread, when `take` has something new or no more will come."""
+        ...
+
+    def take(self) -> tuple[list[LabelTarget], list[Failure], bool]:
+        """The candidates to label that arrived since the last call, one failure for each
+        question that arrived with none to label, and whether no more will come."""
+        ...
+
+
+class _Feed:
+    """`Arriving` candidates as a stream's `Incoming` requests: their first probes."""
+
+    def __init__(self, arriving: Arriving, driver: _Driver) -> None:
+        self.arriving, self.driver = arriving, driver
+
+    def wake_with(self, wake: Callable[[], None]) -> None:
+        self.arriving.wake_with(wake)
+
+    def take(self) -> tuple[list[GenerationRequest], bool]:
+        targets, failures, ended = self.arriving.take()
+        out, cfg = self.driver.out, self.driver.cfg
+        out.failures += failures
+        if cfg.difficulty_filter:
+            targets, left_out = filter_by_difficulty(targets)
+            out.failures += left_out
+        queries = self.driver.labeller.add(targets)
+        return [self.driver.ask(query, cfg.N) for query in queries], ended
+
+
 def label_solutions(
-    backend: Backend, targets: Sequence[LabelTarget], cfg: CompleterConfig
+    backend: Backend,
+    targets: Sequence[LabelTarget],
+    cfg: CompleterConfig,
+    arriving: Arriving | None = None,
 ) -> Labelled:
     """Drive the labeller candidate by candidate: every candidate's first prefixes go out
     together, and a candidate's next ones as soon as its own are back (with their re-samples),
-    while the others' are still in flight, so no probe waits for the slowest of a round. A
-    backend that does not stream gets waves, one call each (`stream_backend`); the labels are
-    the same, since each candidate's probes and their seeds do not depend on the others'.
-    `rounds` is the longest chain of sequential probes of any candidate (~ceil(log2 L) for a
-    first-error search)."""
+    while the others' are still in flight, so no probe waits for the slowest of a round; the
+    candidates of questions `arriving` later go out as they arrive. A backend that does not
+    stream gets waves, one call each (`stream_backend`); the labels are the same, since each
+    candidate's probes and their seeds do not depend on the others'. The solutions come back
+    in the order their candidates were given or arrived. `rounds` is the longest chain of
+    sequential probes of any candidate (~ceil(log2 L) for a first-error search)."""
     out = Labelled(solutions=[], usage=Usage(), rounds=0)
     if cfg.difficulty_filter:
         targets, out.failures = filter_by_difficulty(targets)
     labeller = Labeller(targets, cfg.N, make_strategy(cfg.strategy, witness=cfg.witness))
-    driver = _Driver(targets, cfg, labeller, out)
+    driver = _Driver(cfg, labeller, out)
     first = [driver.ask(query, cfg.N) for query in labeller.pending()]
-    stream_backend(backend, first, driver.answered, out.tally)
+    feed = None if arriving is None else _Feed(arriving, driver)
+    stream_backend(backend, first, driver.answered, out.tally, incoming=feed)
     out.solutions = labeller.results(cfg.model)
     out.rounds = labeller.rounds
     out.prefixes = labeller.prefixes_evaluated

@@ -1,15 +1,15 @@
 """Pure, given a backend. The golden and generate stages over one shard: M solutions per
-question by n-sampling, every request of the shard in one backend call, replies read into
-solutions; unreadable replies asked again (bounded), every other failure recorded with its
-reason, never dropped silently."""
+question by n-sampling, every request of the shard in flight at once, replies read into
+solutions, each question handed on as soon as it is done; unreadable replies asked again
+(bounded), every other failure recorded with its reason, never dropped silently."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from mshep.backends.base import Backend, Completion, GenerationRequest, GenerationResult
-from mshep.batches import call_backend, derive_seed, split_usage
+from mshep.batches import derive_seed, split_usage, stream_backend
 from mshep.config import ModelStage
 from mshep.failures import RequestTally
 from mshep.parsing import ParseFailure, parse_json_solution, parse_solution
@@ -58,43 +58,69 @@ def _solution_request(
     )
 
 
+QuestionDone = Callable[[str, list[Solution]], None]
+"""Called with a question's id and its candidates (by index) once no request of it is left."""
+
+
 def generate_solutions(
-    backend: Backend, problems: Sequence[Problem], stage: ModelStage, m: int, stage_name: str
+    backend: Backend,
+    problems: Sequence[Problem],
+    stage: ModelStage,
+    m: int,
+    stage_name: str,
+    on_question: QuestionDone | None = None,
 ) -> Generated:
-    """M solutions per problem through n-sampling: one request per problem, all in one call;
-    then, up to `stage.resample` times, one more call for the replies that could not be read
-    (a slot still unread at the end keeps the failure of its first reply)."""
+    """M solutions per problem through n-sampling: one request per problem, all sent at once
+    (in the background of a shared bound: labelling goes first); a problem's replies that could
+    not be read are asked again as soon as they are back, up to `stage.resample` times (a slot
+    still unread at the end keeps the failure of its first reply). Each problem is handed to
+    `on_question` as soon as it is done, so its labelling need not wait for the shard's other
+    problems. A backend that does not stream asks in rounds; the solutions are the same, since
+    each problem's requests and their seeds do not depend on the others'."""
     stage_name = str(stage_name)  # a `Stage` member's value: it enters the request seeds
     out = Generated(solutions={p.id: [] for p in problems})
-    unread: dict[tuple[str, int], Failure] = {}  # slots whose reply could not be read
+    unread: dict[str, dict[int, Failure]] = {p.id: {} for p in problems}  # unreadable slots
     slots = {p.id: list(range(m)) for p in problems}  # candidate indices still to fill
-    for attempt in range(stage.resample + 1):
-        asking = [p for p in problems if slots[p.id]]
-        requests = [
-            _solution_request(p, stage, len(slots[p.id]), stage_name, attempt) for p in asking
-        ]
-        out.resampled += sum(r.n for r in requests) if attempt else 0
-        for problem, result in zip(asking, call_backend(backend, requests, out.tally), strict=True):
-            asked = slots[problem.id]
-            unreadable = _read_candidates(out, problem, result, asked, stage, stage_name, attempt)
-            answered = asked[: len(result.completions)]
-            for slot in answered:
-                if slot in unreadable:
-                    unread.setdefault((problem.id, slot), unreadable[slot])
-                else:
-                    unread.pop((problem.id, slot), None)
-            # A re-sample that did not come back leaves its slot unread, to ask once more.
-            slots[problem.id] = [
-                s for s in asked if s in unreadable or (attempt and s not in answered)
-            ]
-    out.failures += unread.values()
-    for solutions in out.solutions.values():
-        solutions.sort(key=lambda solution: solution.index)
+    failures: dict[str, list[Failure]] = {p.id: [] for p in problems}
+    sent: dict[int, tuple[Problem, int]] = {}  # by id(request): its problem and attempt
+
+    def ask(problem: Problem, attempt: int) -> GenerationRequest:
+        request = _solution_request(problem, stage, len(slots[problem.id]), stage_name, attempt)
+        sent[id(request)] = (problem, attempt)
+        out.resampled += request.n if attempt else 0
+        return request
+
+    def answered(request: GenerationRequest, result: GenerationResult) -> list[GenerationRequest]:
+        problem, attempt = sent.pop(id(request))
+        asked = slots[problem.id]
+        unreadable = _read_candidates(
+            out, failures[problem.id], problem, result, asked, stage, stage_name, attempt
+        )
+        answered = asked[: len(result.completions)]
+        for slot in answered:
+            if slot in unreadable:
+                unread[problem.id].setdefault(slot, unreadable[slot])
+            else:
+                unread[problem.id].pop(slot, None)
+        # A re-sample that did not come back leaves its slot unread, to ask once more.
+        slots[problem.id] = [s for s in asked if s in unreadable or (attempt and s not in answered)]
+        if slots[problem.id] and attempt < stage.resample:
+            return [ask(problem, attempt + 1)]
+        failures[problem.id] += unread[problem.id].values()
+        out.solutions[problem.id].sort(key=lambda solution: solution.index)
+        if on_question is not None:
+            on_question(problem.id, out.solutions[problem.id])
+        return []
+
+    first = [ask(problem, 0) for problem in problems]
+    stream_backend(backend, first, answered, out.tally, background=True)
+    out.failures = [failure for problem in problems for failure in failures[problem.id]]
     return out
 
 
 def _read_candidates(
     out: Generated,
+    failures: list[Failure],
     problem: Problem,
     result: GenerationResult,
     slots: list[int],
@@ -104,7 +130,7 @@ def _read_candidates(
 ) -> dict[int, Failure]:
     """Read one request's replies into the candidate slots they fill. Returns the slots whose
     reply was text that could not be read (worth asking again), with that failure; other
-    failures (request failed, cut at max_tokens, missing replies) are recorded here."""
+    failures (request failed, cut at max_tokens, missing replies) go to `failures`."""
     out.usage += result.usage
 
     def failure(reason: str, detail: str) -> Failure:
@@ -112,7 +138,7 @@ def _read_candidates(
 
     if len(result.completions) < len(slots) and not result.error and not attempt:
         detail = f"{len(result.completions)} of {len(slots)} replies came back"
-        out.failures.append(failure("missing replies", detail))
+        failures.append(failure("missing replies", detail))
     unreadable = {}
     usages = split_usage(result.usage, result.completions)
     for index, completion, usage in zip(slots, result.completions, usages, strict=False):
@@ -123,5 +149,5 @@ def _read_candidates(
         elif completion.finish_reason == "stop":
             unreadable[index] = failure(read.reason, read.text[:200])
         else:
-            out.failures.append(failure(read.reason, result.error or read.text[:200]))
+            failures.append(failure(read.reason, result.error or read.text[:200]))
     return unreadable

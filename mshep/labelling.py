@@ -237,12 +237,23 @@ class Labeller:
     def __init__(self, targets: Sequence[LabelTarget], n: int, strategy: Strategy) -> None:
         if n < 1:
             raise ValueError(f"N must be at least 1, got {n}")
+        self.n = n
         self.states = [SolutionState(target=t, n=n) for t in targets]
         self.strategy = strategy
         self.depths = [0] * len(self.states)  # times each candidate was given prefixes to ask
         self._asked: set[PrefixQuery] = set()
         self._open: set[PrefixQuery] = set()
         self._waiting = [0] * len(self.states)  # open prefixes per candidate
+
+    def add(self, targets: Sequence[LabelTarget]) -> list[PrefixQuery]:
+        """More candidates to label (a question whose candidates have just arrived), and
+        their first prefixes to ask."""
+        start = len(self.states)
+        self.states += [SolutionState(target=t, n=self.n) for t in targets]
+        self.depths += [0] * len(targets)
+        self._waiting += [0] * len(targets)
+        added = range(start, len(self.states))
+        return [query for index in added for query in self.pending_for(index)]
 
     @property
     def rounds(self) -> int:

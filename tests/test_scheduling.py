@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from flows.handoff import HANDOFFS, Handoff
 from flows.placement import Submitter
 from mshep.config import RunConfig
 from mshep.records import Stage
@@ -49,17 +50,29 @@ class Runner:
     def submit(self, task: Any, parameters: dict[str, Any]) -> FakeFuture:
         stage = task.name
         shard = parameters["problems_ref"].shard
+        handoff = None
         if stage == "complete":  # its inputs are finished futures, resolved at once
             inputs = [parameters["generated_ref"], parameters["golden_ref"]]
             assert all(f is None or f.inner.done() for f in inputs), "submitted to wait"
+            if parameters["generated_ref"] is None:  # handed over as it is generated
+                handoff = HANDOFFS.get(parameters["generated_out"])
+                assert handoff is not None, "started with its generation, but no handoff"
         with self.lock:
             self.log.append((stage, shard))
             self.out += 1
             self.most_out = max(self.most_out, self.out)
-        return FakeFuture(self.pool.submit(self._run, stage, shard))
+        return FakeFuture(self.pool.submit(self._run, stage, shard, handoff))
 
-    def _run(self, stage: str, shard: int) -> ShardRef:
+    def _run(self, stage: str, shard: int, handoff: Handoff | None) -> ShardRef:
         try:
+            if handoff is not None:  # as `flows.handoff.Candidates` does: wait for the end
+                ended = threading.Event()
+                handoff._watch(ended.set)
+                while handoff._since(0)[1] is None:
+                    ended.wait()
+                    ended.clear()
+                if isinstance(end := handoff._since(0)[1], BaseException):
+                    raise RuntimeError(f"its generate task failed: {end}")
             if (stage, shard) in self.fail:
                 raise RuntimeError(f"{stage} {shard} broke")
             return ShardRef(stage=stage, shard=shard, path=f"/x/{stage}-{shard}")
@@ -85,9 +98,19 @@ def shards(n: int) -> list[ShardRef]:
     return [ShardRef(stage="load", shard=i, path=f"/x/load-{i}", digest=str(i)) for i in range(n)]
 
 
+@pytest.fixture(params=[True, False], ids=["handed-over", "after-generation"])
+def hand_over(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Each test with completions started with their generation (where there are workers for
+    both), and with completions started once their generation is done."""
+    if not request.param:
+        monkeypatch.setattr(Submitter, "hands_over", property(lambda self: False))
+    return bool(request.param)
+
+
 def run(tmp_path: Path, runner: Runner, n: int, workers: int, golden: str = "reference") -> Any:
     submitter = Submitter(config(tmp_path, workers, golden), runner)  # type: ignore[arg-type]
     ended = list(submitter.run(shards(n)))
+    assert HANDOFFS._open == {}, "a handoff left open"
     return submitter, ended
 
 
@@ -111,7 +134,7 @@ def test_golden_and_generate_both_finish_before_the_completion(tmp_path: Path) -
 
 @pytest.mark.parametrize("workers", [2, 3, 8])
 def test_never_more_tasks_out_than_workers_and_ready_completions_go_first(
-    tmp_path: Path, workers: int
+    tmp_path: Path, workers: int, hand_over: bool
 ) -> None:
     runner = Runner(threads=workers)
     _, ended = run(tmp_path, runner, 12, workers=workers)
@@ -125,7 +148,7 @@ def test_never_more_tasks_out_than_workers_and_ready_completions_go_first(
         assert runner.log.index(("complete", i)) - runner.log.index(("generate", i)) <= workers
 
 
-def test_a_failed_input_blocks_only_its_own_completion(tmp_path: Path) -> None:
+def test_a_failed_input_blocks_only_its_own_completion(tmp_path: Path, hand_over: bool) -> None:
     runner = Runner(threads=2, fail={("generate", 1), ("golden", 3)})
     submitter, ended = run(tmp_path, runner, 5, workers=2, golden="model")
     assert submitter.blocked == {1, 3}
@@ -134,3 +157,28 @@ def test_a_failed_input_blocks_only_its_own_completion(tmp_path: Path) -> None:
     failed = {(e.stage.value, e.index) for e in ended if isinstance(e.result, BaseException)}
     assert failed == {("generate", 1), ("golden", 3)}
     assert ("generate", 3) in runner.log and ("golden", 1) in runner.log  # siblings still ran
+
+
+def test_a_completion_starts_with_its_generation_when_handed_over(
+    tmp_path: Path, hand_over: bool
+) -> None:
+    runner = Runner(threads=4)
+    run(tmp_path, runner, 4, workers=4)
+    if hand_over:  # generate 1, complete 1 (waiting for candidates), generate 2, complete 2
+        assert runner.log[:4] == [
+            ("generate", 0),
+            ("complete", 0),
+            ("generate", 1),
+            ("complete", 1),
+        ]
+    else:
+        assert runner.log[:4] == [("generate", i) for i in range(4)]
+
+
+def test_one_worker_never_hands_over(tmp_path: Path) -> None:
+    assert not Submitter(config(tmp_path, 1), Runner(threads=1)).hands_over  # type: ignore[arg-type]
+    two = Submitter(config(tmp_path, 2), Runner(threads=2))  # type: ignore[arg-type]
+    assert two.hands_over
+    limited = config(tmp_path, 2).model_copy(deep=True)
+    limited.serving.endpoint_limit = 64  # a completion could hold what its generation needs
+    assert not Submitter(limited, Runner(threads=2)).hands_over  # type: ignore[arg-type]

@@ -416,7 +416,13 @@ class Dropping(FakeBackend):
         super().__init__(responder=lambda r: [f"The answer is: {GOLDEN}"] * r.n)
         self.twice = twice
 
-    def stream(self, first: Sequence[GenerationRequest], follow_up: FollowUp) -> None:
+    def stream(
+        self,
+        first: Sequence[GenerationRequest],
+        follow_up: FollowUp,
+        incoming: object = None,
+        background: bool = False,
+    ) -> None:
         for i, request in enumerate(first):
             result = self._answer(request)
             if self.twice:

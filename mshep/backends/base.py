@@ -8,8 +8,11 @@ the error and its completions come back with `finish_reason="error"`, so callers
 A backend may also stream (`Streaming`): every request in flight at once under its own bound,
 each result handed to a callback as it arrives, and the requests the callback returns sent at
 once, so work that depends on an answer (a candidate's next probe) never waits for the rest of
-a batch. `mshep.batches.stream_backend` drives either kind: a backend that only has `generate`
-gets waves (each the follow-ups of the wave before).
+a batch. A stream may also take requests that arrive from outside it (`Incoming`: a question's
+candidates, handed over by the task that generates them, start its labelling). Requests of work
+that others wait on least (generation) are sent as `background`: a backend with one bound shared
+by several streams serves the others' first. `mshep.batches.stream_backend` drives either kind:
+a backend that only has `generate` gets waves (each the follow-ups of the wave before).
 """
 
 from __future__ import annotations
@@ -96,14 +99,35 @@ FollowUp = Callable[[GenerationRequest, GenerationResult], Sequence[GenerationRe
 """Called with each request and its result, as results arrive; returns the requests to send next."""
 
 
+class Incoming(Protocol):
+    """Requests that reach a stream from outside it, not as follow-ups of its own results."""
+
+    def wake_with(self, wake: Callable[[], None]) -> None:
+        """Call `wake()`, from any thread, whenever `take` has something new or no more will
+        come (once at least, if that is already so)."""
+        ...
+
+    def take(self) -> tuple[list[GenerationRequest], bool]:
+        """The requests that arrived since the last call, and whether no more will come.
+        Called from the stream's one thread, as `follow_up` is."""
+        ...
+
+
 @runtime_checkable
 class Streaming(Protocol):
     """A backend that can keep requests in flight while their follow-ups are decided."""
 
-    def stream(self, first: Sequence[GenerationRequest], follow_up: FollowUp) -> None:
+    def stream(
+        self,
+        first: Sequence[GenerationRequest],
+        follow_up: FollowUp,
+        incoming: Incoming | None = None,
+        background: bool = False,
+    ) -> None:
         """Send `first` at once; call `follow_up` exactly once per request sent, with its
-        result, from one thread (never two calls at a time), and send what it returns. Returns
-        when every request sent has been answered. Like `generate`, a failed request is a
+        result, from one thread (never two calls at a time), and send what it returns; send
+        what `incoming` has whenever it wakes the stream. Returns when every request sent has
+        been answered and `incoming` (if any) has ended. Like `generate`, a failed request is a
         failed result, never an exception; an exception from `follow_up` stops the stream
         (requests still in flight are abandoned) and propagates."""
         ...

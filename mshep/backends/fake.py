@@ -10,6 +10,7 @@ the product never uses it.
 from __future__ import annotations
 
 import random
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 
@@ -19,6 +20,7 @@ from mshep.backends.base import (
     FollowUp,
     GenerationRequest,
     GenerationResult,
+    Incoming,
 )
 from mshep.records import Usage
 
@@ -89,9 +91,25 @@ class StreamingFake(FakeBackend):
         self.rng = random.Random(seed)
         self.max_in_flight = 0
 
-    def stream(self, first: Sequence[GenerationRequest], follow_up: FollowUp) -> None:
+    def stream(
+        self,
+        first: Sequence[GenerationRequest],
+        follow_up: FollowUp,
+        incoming: Incoming | None = None,
+        background: bool = False,
+    ) -> None:
         in_flight = list(first)
-        while in_flight:
+        woken = threading.Event()
+        if incoming is not None:
+            incoming.wake_with(woken.set)
+        while in_flight or incoming is not None:
+            if incoming is not None and (woken.is_set() or not in_flight):
+                woken.wait()  # with nothing in flight, wait for what arrives
+                woken.clear()
+                new, ended = incoming.take()
+                in_flight += new
+                incoming = None if ended else incoming
+                continue
             self.max_in_flight = max(self.max_in_flight, len(in_flight))
             request = in_flight.pop(self.rng.randrange(len(in_flight)))
             self.calls.append([request])

@@ -47,7 +47,13 @@ from tenacity import (
     stop_when_event_set,
 )
 
-from mshep.backends.base import BackendBase, FollowUp, GenerationRequest, GenerationResult
+from mshep.backends.base import (
+    BackendBase,
+    FollowUp,
+    GenerationRequest,
+    GenerationResult,
+    Incoming,
+)
 from mshep.backends.http_check import check_chat, check_server
 from mshep.backends.http_replies import (
     CallFailure,
@@ -300,15 +306,26 @@ class HttpBackend(BackendBase):
         answers = (self._answer(client, request, slots, stats) for request in requests)
         return list(await asyncio.gather(*answers))
 
-    def stream(self, first: Sequence[GenerationRequest], follow_up: FollowUp) -> None:
+    def stream(
+        self,
+        first: Sequence[GenerationRequest],
+        follow_up: FollowUp,
+        incoming: Incoming | None = None,
+        background: bool = False,
+    ) -> None:
         """`Streaming.stream`: every request in flight under `concurrency`, each result given
-        to `follow_up` on this call's loop as it comes back, the requests it returns sent then."""
-        if not first:
+        to `follow_up` on this call's loop as it comes back, the requests it returns sent then,
+        and those `incoming` hands over sent when it wakes the loop. A `background` stream
+        waits for slots behind the others (generation behind labelling)."""
+        if not first and incoming is None:
             return
         token = self._token if self._entered else self._read_token()
         stats = HttpStats()
+        priority = GENERATION if background else LABELLING
         try:
-            run_coroutine(lambda: self._stream(list(first), follow_up, token, stats))
+            run_coroutine(
+                lambda: self._stream(list(first), follow_up, incoming, priority, token, stats)
+            )
         finally:
             with self._lock:
                 self.stats.add(stats)
@@ -317,13 +334,17 @@ class HttpBackend(BackendBase):
         self,
         first: list[GenerationRequest],
         follow_up: FollowUp,
+        incoming: Incoming | None,
+        priority: int,
         token: str | None,
         stats: HttpStats,
     ) -> None:
         client = await self._client(token)
-        slots = _Held(_SHARED.bound(self.where, self.config.concurrency), LABELLING)
-        arrived: asyncio.Queue[asyncio.Task[GenerationResult]] = asyncio.Queue()
+        slots = _Held(_SHARED.bound(self.where, self.config.concurrency), priority)
+        # A finished request's task, or None: `incoming` has something.
+        arrived: asyncio.Queue[asyncio.Task[GenerationResult] | None] = asyncio.Queue()
         in_flight: dict[asyncio.Task[GenerationResult], GenerationRequest] = {}
+        loop = asyncio.get_running_loop()
 
         def send(request: GenerationRequest) -> None:
             task = asyncio.create_task(self._answer(client, request, slots, stats))
@@ -333,10 +354,20 @@ class HttpBackend(BackendBase):
         try:
             for request in first:
                 send(request)
-            while in_flight:
+            if incoming is not None:
+
+                def wake() -> None:
+                    loop.call_soon_threadsafe(arrived.put_nowait, None)
+
+                incoming.wake_with(wake)
+            while in_flight or incoming is not None:
                 task = await arrived.get()
-                # `_answer` never raises; a bug that makes it raise ends the stream here.
-                for request in follow_up(in_flight.pop(task), task.result()):
+                if task is None:  # `incoming` woke the loop (maybe again after it ended)
+                    new, ended = incoming.take() if incoming is not None else ([], True)
+                    incoming = None if ended else incoming
+                else:  # `_answer` never raises; a bug that makes it raise ends the stream here
+                    new = list(follow_up(in_flight.pop(task), task.result()))
+                for request in new:
                     send(request)
         finally:
             for task in in_flight:

@@ -83,6 +83,11 @@ def main() -> None:
     parser.add_argument("--base-latency-s", type=float, default=0.05)
     parser.add_argument("--driver", choices=["stream", "waves"], default="stream")
     parser.add_argument("--workers", type=int, default=None, help="execution.workers (threads)")
+    parser.add_argument(
+        "--no-handoff",
+        action="store_true",
+        help="start a shard's completion once its generation is done (not question by question)",
+    )
     parser.add_argument("--labelling-only", action="store_true", help="label without the flow")
     parser.add_argument(
         "--timeline", action="store_true", help="print the slots in use, per second of the run"
@@ -105,6 +110,10 @@ def main() -> None:
         from mshep.backends.http import HttpBackend
 
         del HttpBackend.stream  # the stage then gets waves (`mshep.batches.stream_backend`)
+    if args.no_handoff:
+        from flows.placement import Submitter
+
+        Submitter.hands_over = property(lambda self: False)  # type: ignore[assignment,method-assign]
 
     from prefect.testing.utilities import prefect_test_harness
 
@@ -163,6 +172,7 @@ def main() -> None:
         "efficiency": round(ideal / wall, 3),
         "max_in_flight": served.get("max_in_flight"),
         "driver": args.driver,
+        "handoff": not args.no_handoff,
         "workers": config.execution.workers,
     }
     print(json.dumps(report, indent=2))
