@@ -72,8 +72,13 @@ class _Registry:
         self._open: dict[str, Handoff] = {}
 
     def open(self, path: str) -> Handoff:
+        """A new handoff for `path` (one left by an earlier run in this process is ended)."""
         with self._lock:
-            return self._open.setdefault(path, Handoff())
+            old, self._open[path] = self._open.get(path), Handoff()
+            new = self._open[path]
+        if old is not None:
+            old.close(InputFailed("a newer run is generating this shard"))
+        return new
 
     def get(self, path: str) -> Handoff | None:
         with self._lock:
@@ -85,6 +90,13 @@ class _Registry:
 
 
 HANDOFFS = _Registry()
+
+
+def handoff_for(path: str) -> Handoff | None:
+    """The open handoff of the generate shard at `path`, if any. Stage tasks call this rather
+    than use `HANDOFFS`: a task function is pickled by value for Ray, with the module objects
+    it names, and a registry holds a lock."""
+    return HANDOFFS.get(path)
 
 
 class Candidates:

@@ -9,7 +9,7 @@ import hashlib
 import heapq
 import queue
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,7 +76,8 @@ class Submitter:
         self.storage = result_storage(config)
         self.paths = ShardPaths(config)
         self.reused: dict[Stage, int] = dict.fromkeys(Stage, 0)  # shards done before this run
-        self.blocked: set[int] = set()  # shards not completed: an input task of theirs failed
+        # Shards whose completion did not start, or stopped, because an input task failed.
+        self.blocked: set[int] = set()
 
     def _submit(
         self, task: Task[..., ShardRef], which: Stage, ref: ShardRef, total: int, /, **kwargs: Any
@@ -122,7 +123,7 @@ class Submitter:
             and all(s.kind == "http" and not s.endpoint_limit for s in servings)
         )
 
-    def run(self, shards: list[ShardRef]) -> Iterator[Finished]:
+    def run(self, shards: list[ShardRef]) -> Generator[Finished, None, None]:
         """Every shard's stage tasks, at most `execution.workers` submitted at once, each
         yielded with its result (or the exception it failed with) as it ends.
 
@@ -152,6 +153,7 @@ class Submitter:
         ended: queue.SimpleQueue[PrefectFuture[ShardRef]] = queue.SimpleQueue()
         window, early = config.execution.workers, self.hands_over
         generating: set[int] = set()  # generate tasks started and not yet ended
+        completed: set[int] = set()  # completions that ended
         handoffs: dict[int, str] = {}  # open handoffs, by shard: the generate shard's path
 
         def start(stage: Stage, index: int) -> None:
@@ -197,6 +199,7 @@ class Submitter:
                     result = error
                 if stage is Stage.COMPLETE:
                     drop(index)
+                    completed.add(index)
                     if isinstance(result, BaseException) and index in self.blocked:
                         continue  # labelling as it was generated, it stopped when that failed
                     self.blocked.discard(index)  # (a completion done before: reused)
@@ -206,7 +209,8 @@ class Submitter:
                         if (handoff := HANDOFFS.get(handoffs.get(index, ""))) is not None:
                             handoff.close(result)
                     if isinstance(result, BaseException):
-                        self.blocked.add(index)
+                        if index not in completed:  # one that ended counts as itself
+                            self.blocked.add(index)
                         if not any(
                             i == index for s, i in in_flight.values() if s is Stage.COMPLETE
                         ):
@@ -215,8 +219,10 @@ class Submitter:
                         inputs[index][stage] = future
                         check(index)
                 yield Finished(stage, index, total, result)
-        finally:
+        finally:  # a completion still waiting for candidates must not wait for ever
             for index in list(handoffs):
+                if (handoff := HANDOFFS.get(handoffs[index])) is not None:
+                    handoff.close(RuntimeError("the flow stopped scheduling its shards"))
                 drop(index)
 
     def _stage_task(

@@ -227,7 +227,7 @@ def settle(
         blocked = len(submitter.blocked)
         raise RunIncomplete(
             f"{len(failed)} of {len(shards) * len(stages) - blocked} shard tasks failed"
-            + (f" and {blocked} completion(s) could not start" if blocked else "")
+            + (f" and {blocked} completion(s) could not run (an input failed)" if blocked else "")
             + f" ({min(failed)[2]}); finished shards are kept: run the same command to resume"
         )
     if unwritten is not None:

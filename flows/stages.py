@@ -19,7 +19,7 @@ from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from prefect.states import Failed, State
 
 from flows.endpoints import endpoint_slots
-from flows.handoff import HANDOFFS, Candidates
+from flows.handoff import Candidates, Handoff, handoff_for
 from flows.secrets import hub_token, serving_token
 from mshep.backends import make_backend
 from mshep.checks import dataset_report, preflight
@@ -104,8 +104,31 @@ def generate_task(
     if reuse and (done := finished(out)):
         return done
     problems = read_records(problems_ref.path, Problem)
+    handoff = handoff_for(out)  # a completion labelling this shard as it is generated
+    try:
+        ref = _generate(name, stage, m, problems_ref, problems, out, serving, handoff)
+    except BaseException as error:
+        if handoff is not None:  # the completion stops with it (the flow would close it too)
+            handoff.close(error)
+        raise
+    if handoff is not None:
+        handoff.close(ref if isinstance(ref, ShardRef) else RuntimeError(ref.message))
+    return ref
+
+
+def _generate(
+    name: Stage,
+    stage: ModelStage,
+    m: int,
+    problems_ref: ShardRef,
+    problems: list[Problem],
+    out: str,
+    serving: ServingConfig,
+    handoff: Handoff | None,
+) -> Any:
+    """`generate_task`'s work: its `ShardRef`, or the Failed state of a shard that lost
+    requests."""
     token = serving_token(serving)  # read here, never a task input
-    handoff = HANDOFFS.get(out)  # a completion labelling this shard as it is generated
     publish = None if handoff is None else handoff.put
     with endpoint_slots(serving) as held, make_backend(held, token) as client:
         result = generate_solutions(client, problems, stage, m, name.value, publish)
@@ -169,7 +192,7 @@ def complete_task(
         problems, read_records(golden_ref.path, KeyedSolution) if golden_ref else None
     )
     arriving = None
-    if generated_ref is None and (handoff := HANDOFFS.get(generated_out)) is not None:
+    if generated_ref is None and (handoff := handoff_for(generated_out)) is not None:
         arriving = Candidates(handoff, problems, golden)
     elif generated_ref is None and (generated_ref := finished(generated_out)) is None:
         raise RuntimeError(

@@ -195,6 +195,8 @@ class RunSummary(BaseModel):
             faults = [f"{stage.retries} retries"] if stage.retries else []
             faults += [f"{n} failed: {cause}" for cause, n in stage.failed_requests.items()]
             faults += [f"{stage.resampled} unreadable replies asked again"] * bool(stage.resampled)
+            if name != Stage.COMPLETE.value:  # its failures are the rows not labelled, above
+                faults += [f"{n} solutions lost: {why}" for why, n in stage.failures.items()]
             if faults:
                 out.append(f"  {name} faults: " + "; ".join(faults))
         if self.quality is not None:

@@ -98,6 +98,18 @@ def test_a_failed_generate_task_stops_its_completion(tmp_path: Path) -> None:
         candidates.take()
 
 
+def test_a_new_run_gets_a_new_handoff_and_ends_one_left_behind() -> None:
+    from flows.handoff import HANDOFFS
+
+    left = HANDOFFS.open("/out/.work/generate-x/shard-0.jsonl")  # a run that never closed it
+    fresh = HANDOFFS.open("/out/.work/generate-x/shard-0.jsonl")
+    assert fresh is not left and HANDOFFS.get("/out/.work/generate-x/shard-0.jsonl") is fresh
+    with pytest.raises(InputFailed, match="a newer run"):
+        Candidates(left, [problem(0)], {"q0": GOLDEN}).take()
+    assert fresh._since(0) == ([], None)
+    HANDOFFS.drop("/out/.work/generate-x/shard-0.jsonl")
+
+
 def scripted(request: Any) -> list[str]:
     """The completer: right from every prefix shorter than 3 steps, else wrong."""
     from tests.helpers import prefix_len_of

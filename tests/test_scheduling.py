@@ -44,6 +44,7 @@ class Runner:
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads)
         self.fail = fail
         self.log: list[tuple[str, int]] = []
+        self.submitted: dict[tuple[str, int], concurrent.futures.Future[ShardRef]] = {}
         self.out = self.most_out = 0
         self.lock = threading.Lock()
 
@@ -61,10 +62,14 @@ class Runner:
             self.log.append((stage, shard))
             self.out += 1
             self.most_out = max(self.most_out, self.out)
-        return FakeFuture(self.pool.submit(self._run, stage, shard, handoff))
+        future = FakeFuture(self.pool.submit(self._run, stage, shard, handoff))
+        self.submitted[(stage, shard)] = future.inner
+        return future
 
     def _run(self, stage: str, shard: int, handoff: Handoff | None) -> ShardRef:
         try:
+            if (stage, shard) in self.fail and stage == "complete":
+                raise RuntimeError(f"{stage} {shard} broke")
             if handoff is not None:  # as `flows.handoff.Candidates` does: wait for the end
                 ended = threading.Event()
                 handoff._watch(ended.set)
@@ -182,3 +187,47 @@ def test_one_worker_never_hands_over(tmp_path: Path) -> None:
     limited = config(tmp_path, 2).model_copy(deep=True)
     limited.serving.endpoint_limit = 64  # a completion could hold what its generation needs
     assert not Submitter(limited, Runner(threads=2)).hands_over  # type: ignore[arg-type]
+
+
+def test_a_flow_that_stops_scheduling_releases_completions_waiting_for_candidates(
+    tmp_path: Path,
+) -> None:
+    """A flow that stops while completions wait for candidates (an exception in the flow, a
+    Ctrl-C) ends them, so the runner's threads can exit, instead of leaving them waiting."""
+    runner = Runner(threads=4)
+    release = threading.Event()
+    run_task = runner._run
+
+    def second_generation_hangs(stage: str, shard: int, handoff: Handoff | None) -> ShardRef:
+        if (stage, shard) == ("generate", 1):
+            release.wait(10)
+        return run_task(stage, shard, handoff)
+
+    runner._run = second_generation_hangs  # type: ignore[method-assign]
+    schedule = Submitter(config(tmp_path, 4), runner).run(shards(2))  # type: ignore[arg-type]
+    assert next(schedule).stage is Stage.GENERATE  # generate 1 ended; shard 2 still generates
+    schedule.close()  # the flow stops here
+    waiting = runner.submitted[("complete", 1)]
+    with pytest.raises(RuntimeError, match="the flow stopped scheduling"):
+        waiting.result(timeout=5)
+    release.set()
+    assert HANDOFFS._open == {}
+
+
+def test_a_completion_that_failed_before_its_generation_is_counted_once(tmp_path: Path) -> None:
+    """Its own failure is reported; it is not also counted as a completion that could not run."""
+    runner = Runner(threads=4, fail={("complete", 0), ("generate", 0)})
+    run_task = runner._run
+
+    def generation_fails_last(stage: str, shard: int, handoff: Handoff | None) -> ShardRef:
+        if stage == "generate":
+            while ("complete", shard) not in runner.submitted:
+                threading.Event().wait(0.01)
+            concurrent.futures.wait([runner.submitted[("complete", shard)]], timeout=5)
+        return run_task(stage, shard, handoff)
+
+    runner._run = generation_fails_last  # type: ignore[method-assign]
+    submitter, ended = run(tmp_path, runner, 2, workers=4)
+    failed = {(e.stage.value, e.index) for e in ended if isinstance(e.result, BaseException)}
+    assert failed == {("complete", 0), ("generate", 0)}
+    assert submitter.blocked == set()

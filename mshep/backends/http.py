@@ -363,7 +363,12 @@ class HttpBackend(BackendBase):
             while in_flight or incoming is not None:
                 task = await arrived.get()
                 if task is None:  # `incoming` woke the loop (maybe again after it ended)
-                    new, ended = incoming.take() if incoming is not None else ([], True)
+                    # On a thread: taking may read a file, and the loop serves every stream of
+                    # the process. This stream waits, so `take` and `follow_up` never overlap.
+                    new: list[GenerationRequest] = []
+                    ended = True
+                    if incoming is not None:
+                        new, ended = await asyncio.to_thread(incoming.take)
                     incoming = None if ended else incoming
                 else:  # `_answer` never raises; a bug that makes it raise ends the stream here
                     new = list(follow_up(in_flight.pop(task), task.result()))
