@@ -20,7 +20,7 @@ from prefect.futures import PrefectFuture
 from prefect.task_runners import TaskRunner
 from prefect.utilities.callables import get_call_parameters
 
-from flows.handoff import HANDOFFS
+from flows.handoff import HANDOFFS, InputFailed
 from flows.stages import complete_task, generate_task
 from mshep.config import RunConfig
 from mshep.errors import ConfigError
@@ -200,8 +200,13 @@ class Submitter:
                 if stage is Stage.COMPLETE:
                     drop(index)
                     completed.add(index)
-                    if isinstance(result, BaseException) and index in self.blocked:
-                        continue  # labelling as it was generated, it stopped when that failed
+                    # Labelling as it was generated, it stopped when that failed (maybe before
+                    # the flow saw the generate task end): the generate task's failure says why.
+                    if isinstance(result, InputFailed) or (
+                        isinstance(result, BaseException) and index in self.blocked
+                    ):
+                        self.blocked.add(index)
+                        continue
                     self.blocked.discard(index)  # (a completion done before: reused)
                 else:
                     if stage is Stage.GENERATE:
@@ -210,7 +215,7 @@ class Submitter:
                             handoff.close(result)
                     if isinstance(result, BaseException):
                         if index not in completed:  # one that ended counts as itself
-                            self.blocked.add(index)
+                            self.blocked.add(index)  # (or is in it already: it stopped)
                         if not any(
                             i == index for s, i in in_flight.values() if s is Stage.COMPLETE
                         ):

@@ -8,6 +8,7 @@ retry timing are measured on the server side.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import pickle
 import socket
@@ -141,12 +142,13 @@ def _handler_for(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
             step = server.step_for(seen)
             try:
                 server.stopping.wait(step.delay_s)
-                seen.finished = time.monotonic()  # before the reply: the client may act at once
-                self._send(step, payload)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client timed out and left
             finally:
+                # Done before the reply: the client may send its next request at once, and
+                # counting this one still in flight then would over-count the client's bound.
+                seen.finished = time.monotonic()
                 server.done(seen)
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self._send(step, payload)  # (the client may have timed out and left)
 
         def _send(self, step: Step, payload: Any) -> None:
             body = step.body if step.body is not None else completion_body(payload)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from flows.handoff import HANDOFFS, Handoff
+from flows.handoff import HANDOFFS, Handoff, InputFailed
 from flows.placement import Submitter
 from mshep.config import RunConfig
 from mshep.records import Stage
@@ -45,6 +45,7 @@ class Runner:
         self.fail = fail
         self.log: list[tuple[str, int]] = []
         self.submitted: dict[tuple[str, int], concurrent.futures.Future[ShardRef]] = {}
+        self.completion_ends_first = False  # a failed generate task waits for its completion
         self.out = self.most_out = 0
         self.lock = threading.Lock()
 
@@ -52,6 +53,8 @@ class Runner:
         stage = task.name
         shard = parameters["problems_ref"].shard
         handoff = None
+        if stage == "generate":  # it closes its own handoff as it ends, as `generate_task` does
+            handoff = HANDOFFS.get(parameters["out"])
         if stage == "complete":  # its inputs are finished futures, resolved at once
             inputs = [parameters["generated_ref"], parameters["golden_ref"]]
             assert all(f is None or f.inner.done() for f in inputs), "submitted to wait"
@@ -70,6 +73,17 @@ class Runner:
         try:
             if (stage, shard) in self.fail and stage == "complete":
                 raise RuntimeError(f"{stage} {shard} broke")
+            if stage == "generate":
+                if (stage, shard) in self.fail:
+                    error = RuntimeError(f"{stage} {shard} broke")
+                    if handoff is not None:
+                        handoff.close(error)  # its completion may end before it does
+                        if self.completion_ends_first:
+                            while ("complete", shard) not in self.submitted:
+                                threading.Event().wait(0.01)
+                            concurrent.futures.wait([self.submitted[("complete", shard)]], 5)
+                    raise error
+                return ShardRef(stage=stage, shard=shard, path=f"/x/{stage}-{shard}")
             if handoff is not None:  # as `flows.handoff.Candidates` does: wait for the end
                 ended = threading.Event()
                 handoff._watch(ended.set)
@@ -77,7 +91,7 @@ class Runner:
                     ended.wait()
                     ended.clear()
                 if isinstance(end := handoff._since(0)[1], BaseException):
-                    raise RuntimeError(f"its generate task failed: {end}")
+                    raise InputFailed(f"its generate task failed: {end}")
             if (stage, shard) in self.fail:
                 raise RuntimeError(f"{stage} {shard} broke")
             return ShardRef(stage=stage, shard=shard, path=f"/x/{stage}-{shard}")
@@ -208,7 +222,7 @@ def test_a_flow_that_stops_scheduling_releases_completions_waiting_for_candidate
     assert next(schedule).stage is Stage.GENERATE  # generate 1 ended; shard 2 still generates
     schedule.close()  # the flow stops here
     waiting = runner.submitted[("complete", 1)]
-    with pytest.raises(RuntimeError, match="the flow stopped scheduling"):
+    with pytest.raises(InputFailed, match="the flow stopped scheduling"):
         waiting.result(timeout=5)
     release.set()
     assert HANDOFFS._open == {}
@@ -231,3 +245,17 @@ def test_a_completion_that_failed_before_its_generation_is_counted_once(tmp_path
     failed = {(e.stage.value, e.index) for e in ended if isinstance(e.result, BaseException)}
     assert failed == {("complete", 0), ("generate", 0)}
     assert submitter.blocked == set()
+
+
+def test_a_completion_stopped_by_its_failed_generation_is_not_a_failure_of_its_own(
+    tmp_path: Path,
+) -> None:
+    """Even when it ends first: the generate task closes its handoff as it fails, so the
+    completion can stop before the flow sees the generate task end."""
+    runner = Runner(threads=4, fail={("generate", 1)})
+    runner.completion_ends_first = True
+    submitter, ended = run(tmp_path, runner, 3, workers=4)
+    assert runner.submitted[("complete", 1)].exception() is not None  # it did run, and stop
+    failed = {(e.stage.value, e.index) for e in ended if isinstance(e.result, BaseException)}
+    assert failed == {("generate", 1)}
+    assert submitter.blocked == {1}
