@@ -50,6 +50,12 @@ class Handoff:
         for wake in wakes:
             wake()
 
+    def wait(self) -> None:
+        """Until a question is handed over or the generate task has ended."""
+        arrived = threading.Event()
+        self._watch(arrived.set)
+        arrived.wait()
+
     def _watch(self, wake: Callable[[], None]) -> None:
         with self._lock:
             self._wakes.append(wake)

@@ -112,15 +112,15 @@ class Submitter:
     def hands_over(self) -> bool:
         """Whether a shard's completion starts with its generation, labelling each question as
         soon as its candidates are back (`flows.handoff`): when both run in this process, over
-        HTTP (whose shared bound serves labelling first), with a worker for each, and with no
-        `endpoint_limit` (a completion holding its share of that limit while its generation
-        waits for one could wait forever)."""
+        HTTP (whose shared bound serves labelling first), with a worker for each. (With an
+        `endpoint_limit`, the completion takes its share only once its first question is
+        there, when its generation holds its own: neither waits for the other for ever.)"""
         config = self.config
         servings = [config.serving.for_stage(stage) for stage in (Stage.GENERATE, Stage.COMPLETE)]
         return (
             config.execution.task_runner != "ray"
             and config.execution.workers >= 2
-            and all(s.kind == "http" and not s.endpoint_limit for s in servings)
+            and all(s.kind == "http" for s in servings)
         )
 
     def run(self, shards: list[ShardRef]) -> Generator[Finished, None, None]:

@@ -194,6 +194,9 @@ def complete_task(
     arriving = None
     if generated_ref is None and (handoff := handoff_for(generated_out)) is not None:
         arriving = Candidates(handoff, problems, golden)
+        # Hold no share of an `endpoint_limit` while there is nothing to send: its generate
+        # task then holds its own share already, so neither waits for the other for ever.
+        handoff.wait()
     elif generated_ref is None and (generated_ref := finished(generated_out)) is None:
         raise RuntimeError(
             f"complete shard {problems_ref.shard + 1}: its generate shard is not done"

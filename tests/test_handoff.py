@@ -69,6 +69,19 @@ def test_questions_handed_over_are_labelled_and_the_rest_come_from_the_file(tmp_
     assert candidates.take() == ([], [], True)
 
 
+def test_a_completion_waits_for_its_first_question_or_the_end() -> None:
+    """(Before it takes its share of an endpoint limit.)"""
+    for end in (lambda h: h.put("q0", [solution(0)]), lambda h: h.close(RuntimeError("x"))):
+        handoff = Handoff()
+        waiting = threading.Thread(target=handoff.wait)
+        waiting.start()
+        waiting.join(0.2)
+        assert waiting.is_alive()
+        end(handoff)
+        waiting.join(5)
+        assert not waiting.is_alive()
+
+
 def test_a_cached_generate_task_hands_over_nothing_and_every_question_comes_from_its_file(
     tmp_path: Path,
 ) -> None:

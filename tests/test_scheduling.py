@@ -196,11 +196,10 @@ def test_a_completion_starts_with_its_generation_when_handed_over(
 
 def test_one_worker_never_hands_over(tmp_path: Path) -> None:
     assert not Submitter(config(tmp_path, 1), Runner(threads=1)).hands_over  # type: ignore[arg-type]
-    two = Submitter(config(tmp_path, 2), Runner(threads=2))  # type: ignore[arg-type]
-    assert two.hands_over
-    limited = config(tmp_path, 2).model_copy(deep=True)
-    limited.serving.endpoint_limit = 64  # a completion could hold what its generation needs
-    assert not Submitter(limited, Runner(threads=2)).hands_over  # type: ignore[arg-type]
+    assert Submitter(config(tmp_path, 2), Runner(threads=2)).hands_over  # type: ignore[arg-type]
+    on_ray = config(tmp_path, 2).model_copy(deep=True)
+    on_ray.execution.task_runner = "ray"  # its tasks run in other processes
+    assert not Submitter(on_ray, Runner(threads=2)).hands_over  # type: ignore[arg-type]
 
 
 def test_a_flow_that_stops_scheduling_releases_completions_waiting_for_candidates(
