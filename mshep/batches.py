@@ -108,10 +108,7 @@ def stream_backend(
         return sent
 
     counted = None if incoming is None else _Counted(incoming, waiting)
-    if counted is None and not background:
-        backend.stream(first, answered)  # the plain call every streaming backend takes
-    else:
-        backend.stream(first, answered, incoming=counted, background=background)
+    backend.stream(first, answered, incoming=counted, background=background)
     if waiting:
         raise RuntimeError(
             f"backend {backend.name!r} returned no result for {len(waiting)} requests"

@@ -238,22 +238,26 @@ class Labeller:
         if n < 1:
             raise ValueError(f"N must be at least 1, got {n}")
         self.n = n
-        self.states = [SolutionState(target=t, n=n) for t in targets]
         self.strategy = strategy
-        self.depths = [0] * len(self.states)  # times each candidate was given prefixes to ask
+        self.states: list[SolutionState] = []
+        self.depths: list[int] = []  # times each candidate was given prefixes to ask
         self._asked: set[PrefixQuery] = set()
         self._open: set[PrefixQuery] = set()
-        self._waiting = [0] * len(self.states)  # open prefixes per candidate
+        self._waiting: list[int] = []  # open prefixes per candidate
+        self._extend(targets)
 
-    def add(self, targets: Sequence[LabelTarget]) -> list[PrefixQuery]:
-        """More candidates to label (a question whose candidates have just arrived), and
-        their first prefixes to ask."""
+    def _extend(self, targets: Sequence[LabelTarget]) -> range:
+        """Take on more candidates; their indices."""
         start = len(self.states)
         self.states += [SolutionState(target=t, n=self.n) for t in targets]
         self.depths += [0] * len(targets)
         self._waiting += [0] * len(targets)
-        added = range(start, len(self.states))
-        return [query for index in added for query in self.pending_for(index)]
+        return range(start, len(self.states))
+
+    def add(self, targets: Sequence[LabelTarget]) -> list[PrefixQuery]:
+        """More candidates to label (a question whose candidates have just arrived), and
+        their first prefixes to ask."""
+        return [query for index in self._extend(targets) for query in self.pending_for(index)]
 
     @property
     def rounds(self) -> int:
